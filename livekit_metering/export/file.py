@@ -1,0 +1,66 @@
+"""JSON-lines file sink: one record per line, appended and flushed before ``export`` returns."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..records import MeterRecord
+
+__all__ = ["FileExporter", "read_records"]
+
+
+class FileExporter:
+    """Appends records to a JSON-lines file. Safe to share between threads and jobs of one process."""
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._lock = threading.Lock()
+
+    def export(self, batch: Sequence[MeterRecord]) -> None:
+        data = "".join(record.canonical() + "\n" for record in batch).encode()
+        with self._lock:
+            # O_APPEND makes each write land whole at the end, even with several processes appending.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, data)
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def read_records(path: str | os.PathLike[str], *, latest: bool = True) -> Iterator[MeterRecord]:
+    """Read records back from a JSON-lines file.
+
+    With ``latest`` (the default), each id yields only its final form, or its latest checkpoint
+    when the usage never closed: the file holds every checkpoint a session wrote on its way.
+    """
+    import json
+
+    from ..records import InvalidRecord
+
+    seen: dict[str, MeterRecord] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = MeterRecord.from_json(json.loads(line))
+            except (ValueError, InvalidRecord) as exc:
+                raise InvalidRecord(f"{path}:{number}: {exc}") from None
+            if not latest:
+                yield record
+                continue
+            stored = seen.get(record.id)
+            if stored is None or record.supersedes(stored):
+                seen[record.id] = record
+    if latest:
+        yield from seen.values()

@@ -1,0 +1,281 @@
+"""The meter record: one individual usage, measured, rounded and ready to price.
+
+Its JSON form is the wire format of the whole project (files, outbox, collector). Amounts are
+integers (``raw``, in base units) or decimal strings (``quantity``), never binary floats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "RESOURCE_BASE_UNIT",
+    "UNIT_BASE",
+    "UNIT_SIZE",
+    "BaseUnit",
+    "InvalidRecord",
+    "MeterRecord",
+    "Resource",
+    "Status",
+    "Unit",
+    "record_id",
+]
+
+
+class Resource(str, Enum):
+    """What was used. Values are the wire names."""
+
+    AGENT_SESSION = "agent_session"
+    CONNECTION = "connection"  # WebRTC participant minutes
+    DATA_TRANSFER = "data_transfer"  # downstream bytes
+    STT = "stt"
+    LLM_INPUT = "llm_input"  # uncached input tokens only
+    LLM_INPUT_CACHED = "llm_input_cached"
+    LLM_OUTPUT = "llm_output"
+    TTS = "tts"
+    OBSERVABILITY_EVENT = "observability_event"
+    RECORDED_AUDIO = "recorded_audio"
+    SIP_INBOUND = "sip_inbound"  # LiveKit Phone Numbers, US local inbound
+    SIP_INBOUND_TOLL_FREE = "sip_inbound_toll_free"
+    SIP_TRUNK = "sip_trunk"  # third-party SIP trunk minutes
+    TRANSCODE = "transcode"  # recording / export, video
+    TRANSCODE_AUDIO = "transcode_audio"  # recording / export, audio only
+    TRACK_EGRESS = "track_egress"
+    STREAM_IMPORT = "stream_import"
+    VOICE_ISOLATION = "voice_isolation"
+    PHONE_NUMBER = "phone_number"  # US local number-months
+    PHONE_NUMBER_TOLL_FREE = "phone_number_toll_free"
+
+
+class BaseUnit(str, Enum):
+    """The unit ``raw`` is measured in: always an integer count of it."""
+
+    MILLISECOND = "ms"
+    BYTE = "byte"
+    TOKEN = "token"
+    CHARACTER = "character"
+    EVENT = "event"
+    NUMBER_MONTH = "number_month"
+
+
+class Unit(str, Enum):
+    """The billing unit ``quantity`` is expressed in."""
+
+    MINUTE = "minute"
+    SECOND = "second"
+    GB = "gb"
+    TOKEN = "token"
+    CHARACTER = "character"
+    EVENT = "event"
+    NUMBER_MONTH = "number_month"
+
+
+class Status(str, Enum):
+    OK = "ok"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+    ESTIMATED = "estimated"  # no provider figure arrived; meta["estimate"] says how
+    CHECKPOINT = "checkpoint"  # a running figure for a usage still open; superseded by its final form
+
+
+_TIME = BaseUnit.MILLISECOND
+RESOURCE_BASE_UNIT: dict[Resource, BaseUnit] = {
+    Resource.AGENT_SESSION: _TIME,
+    Resource.CONNECTION: _TIME,
+    Resource.DATA_TRANSFER: BaseUnit.BYTE,
+    Resource.STT: _TIME,
+    Resource.LLM_INPUT: BaseUnit.TOKEN,
+    Resource.LLM_INPUT_CACHED: BaseUnit.TOKEN,
+    Resource.LLM_OUTPUT: BaseUnit.TOKEN,
+    Resource.TTS: BaseUnit.CHARACTER,
+    Resource.OBSERVABILITY_EVENT: BaseUnit.EVENT,
+    Resource.RECORDED_AUDIO: _TIME,
+    Resource.SIP_INBOUND: _TIME,
+    Resource.SIP_INBOUND_TOLL_FREE: _TIME,
+    Resource.SIP_TRUNK: _TIME,
+    Resource.TRANSCODE: _TIME,
+    Resource.TRANSCODE_AUDIO: _TIME,
+    Resource.TRACK_EGRESS: _TIME,
+    Resource.STREAM_IMPORT: _TIME,
+    Resource.VOICE_ISOLATION: _TIME,
+    Resource.PHONE_NUMBER: BaseUnit.NUMBER_MONTH,
+    Resource.PHONE_NUMBER_TOLL_FREE: BaseUnit.NUMBER_MONTH,
+}
+
+# How many base units one billing unit holds. 1 GB is 10^9 bytes (LiveKit's billing docs: 1 GB = 1000 MB).
+UNIT_BASE: dict[Unit, BaseUnit] = {
+    Unit.MINUTE: _TIME,
+    Unit.SECOND: _TIME,
+    Unit.GB: BaseUnit.BYTE,
+    Unit.TOKEN: BaseUnit.TOKEN,
+    Unit.CHARACTER: BaseUnit.CHARACTER,
+    Unit.EVENT: BaseUnit.EVENT,
+    Unit.NUMBER_MONTH: BaseUnit.NUMBER_MONTH,
+}
+UNIT_SIZE: dict[Unit, int] = {
+    Unit.MINUTE: 60_000,
+    Unit.SECOND: 1_000,
+    Unit.GB: 1_000_000_000,
+    Unit.TOKEN: 1,
+    Unit.CHARACTER: 1,
+    Unit.EVENT: 1,
+    Unit.NUMBER_MONTH: 1,
+}
+
+
+class InvalidRecord(ValueError):
+    """A meter record failed validation. The message names each bad field and what is wrong."""
+
+
+def _no_float(value: Any) -> Any:
+    # A binary float cannot carry an exact amount; make the producer send a decimal string.
+    if isinstance(value, float):
+        raise ValueError('must be a decimal string such as "1.25", not a binary float')
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal string, not a boolean")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a UTC offset (RFC 3339, e.g. 2026-11-27T10:00:00Z)")
+    # Millisecond precision, like the wire form, so a record survives a JSON round trip unchanged.
+    utc = value.astimezone(timezone.utc)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Quantity = Annotated[
+    Decimal,
+    BeforeValidator(_no_float),
+    Field(ge=0, allow_inf_nan=False),
+    PlainSerializer(lambda d: format(d, "f"), return_type=str),
+]
+UtcTime = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str)]
+Name = Annotated[str, Field(max_length=256)]
+
+
+class MeterRecord(BaseModel):
+    """One individual usage, rounded up to its billing increment by the policy it names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    session_id: Annotated[str, Field(min_length=1, max_length=256)]
+    room: Name = ""
+    room_sid: Name = ""
+    agent_name: Name = ""
+    worker_id: Name = ""
+    customer: Name = ""
+    resource: Resource
+    raw: Annotated[StrictInt, Field(ge=0)]
+    unit: Unit
+    quantity: Quantity
+    policy: Annotated[str, Field(min_length=1, max_length=64)]
+    model: Name = ""
+    provider: Name = ""
+    language: Name = ""
+    start: UtcTime
+    end: UtcTime
+    status: Status = Status.OK
+    attributes: dict[Name, Name] = Field(default_factory=dict)
+    meta: dict[Name, str | StrictInt | bool] = Field(default_factory=dict)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _check_utc(cls, value: datetime) -> datetime:
+        return _utc(value)
+
+    @field_validator("meta")
+    @classmethod
+    def _check_meta(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if isinstance(item, float):
+                raise ValueError(f"meta[{key!r}] must be an integer or a string, not a float")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> MeterRecord:
+        base = RESOURCE_BASE_UNIT[self.resource]
+        if UNIT_BASE[self.unit] is not base:
+            fitting = ", ".join(u.value for u, b in UNIT_BASE.items() if b is base)
+            raise ValueError(
+                f"unit {self.unit.value!r} does not fit resource {self.resource.value!r} "
+                f"(measured in {base.value}); use one of: {fitting}"
+            )
+        if self.end < self.start:
+            raise ValueError(f"end ({_rfc3339(self.end)}) is before start ({_rfc3339(self.start)})")
+        return self
+
+    # -- JSON form -------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form: plain JSON types only, amounts as integers and decimal strings."""
+        return self.model_dump(mode="json")
+
+    def canonical(self) -> str:
+        """A stable serialization: equal records give equal strings (used to tell duplicates from conflicts)."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: Any) -> MeterRecord:
+        """Validate one record from its JSON form; raise InvalidRecord naming every bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidRecord(_describe(exc)) from None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def is_final(self) -> bool:
+        return self.status is not Status.CHECKPOINT
+
+    def supersedes(self, stored: MeterRecord) -> bool:
+        """True when this record should replace ``stored`` (same id): a later checkpoint or the final form."""
+        if self.id != stored.id or stored.is_final:
+            return False
+        return self.is_final or (self.end, self.raw) > (stored.end, stored.raw)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{where}: {err['msg']}{shown}")
+    return "invalid meter record: " + "; ".join(parts)
+
+
+def record_id(session_id: str, usage: str, resource: Resource | str) -> str:
+    """The deterministic idempotency key of one individual usage.
+
+    ``usage`` names the usage within its session (``"session"``, ``"llm-3"``, ...); the same
+    usage always gets the same id, so a resend is recognised as a duplicate.
+    """
+    name = resource.value if isinstance(resource, Resource) else resource
+    key = f"{session_id}/{usage}/{name}"
+    if len(key) <= 200:
+        return key
+    return f"{key[:150]}~{hashlib.sha256(key.encode()).hexdigest()[:32]}"

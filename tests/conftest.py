@@ -1,0 +1,36 @@
+"""Shared fixtures. External services come from the environment that .ci/run sets up:
+
+LIVEKIT_METERING_TEST_PG        a PostgreSQL URL (a server the tests may create databases on)
+LIVEKIT_METERING_TEST_CHROMIUM  a Chromium executable
+LIVEKIT_METERING_REQUIRE_SERVICES=1 makes a missing service a failure instead of a skip (CI sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def _service(env: str, what: str) -> str:
+    value = os.environ.get(env, "")
+    if not value:
+        if os.environ.get("LIVEKIT_METERING_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{what} is required in CI but {env} is not set")
+        pytest.skip(f"{what} not available: set {env}")
+    return value
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """URL of a PostgreSQL server for the tests."""
+    return _service("LIVEKIT_METERING_TEST_PG", "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = os.environ.get("LIVEKIT_METERING_TEST_CHROMIUM") or shutil.which("chromium") or ""
+    if path:
+        os.environ.setdefault("LIVEKIT_METERING_TEST_CHROMIUM", path)
+    return _service("LIVEKIT_METERING_TEST_CHROMIUM", "Chromium")
