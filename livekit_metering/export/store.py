@@ -1,0 +1,293 @@
+"""The outbox file: a SQLite database in WAL mode holding the records not yet confirmed by the collector.
+
+Durability trade-off: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A commit appends to the WAL
+file with a write() but no fsync, so a commit costs ~15 µs instead of a disk flush. A record committed
+this way survives the death of the process (SIGKILL, OOM kill, crash): the bytes are in the kernel's
+page cache and SQLite replays the WAL on the next open. It does not survive a power cut or kernel
+crash of the host in the last moments before the next checkpoint; those are rare next to killed
+job processes, and waiting for an fsync on every record would block the agent's event loop.
+
+The writer connection never checkpoints (``wal_autocheckpoint=0``): a checkpoint copies pages and
+fsyncs, which is what stalls. The sender's thread checkpoints instead (PASSIVE, never blocking writers).
+
+Several processes of one host may share the file (livekit-agents runs each job in its own process);
+SQLite's locking serializes their writes, and a per-record ``version`` makes every delete exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..records import MeterRecord
+from .health import OutboxHealth
+
+__all__ = ["OutboxStore", "PendingRecord", "Settlement"]
+
+logger = logging.getLogger("livekit_metering")
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    id      TEXT PRIMARY KEY,
+    body    TEXT NOT NULL,
+    final   INTEGER NOT NULL,
+    end_ms  INTEGER NOT NULL,
+    raw     INTEGER NOT NULL,
+    size    INTEGER NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id      TEXT NOT NULL,
+    body    TEXT NOT NULL,
+    status  TEXT NOT NULL,
+    reason  TEXT NOT NULL,
+    at      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stats (
+    one     INTEGER PRIMARY KEY CHECK (one = 1),
+    records INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL,
+    dropped INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO stats VALUES (1, 0, 0, 0);
+-- Counters kept by triggers, so the cap check is one row read, whatever the number of writers.
+CREATE TRIGGER IF NOT EXISTS pending_insert AFTER INSERT ON pending BEGIN
+    UPDATE stats SET records = records + 1, bytes = bytes + NEW.size;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_delete AFTER DELETE ON pending BEGIN
+    UPDATE stats SET records = records - 1, bytes = bytes - OLD.size;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_update AFTER UPDATE OF size ON pending BEGIN
+    UPDATE stats SET bytes = bytes + NEW.size - OLD.size;
+END;
+"""
+
+# A newer form of a pending id replaces the older one only when MeterRecord.supersedes() would say
+# so: the stored form is a checkpoint, and the new one is final or a later running figure. A final
+# form is never replaced, so it cannot be lost to a late checkpoint. ``version`` changes on every
+# replacement, so a collector answer about the older form never deletes the newer one.
+_UPSERT = """
+INSERT INTO pending (id, body, final, end_ms, raw, size, created) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    body = excluded.body, final = excluded.final, end_ms = excluded.end_ms, raw = excluded.raw,
+    size = excluded.size, version = pending.version + 1
+WHERE pending.final = 0
+  AND (excluded.final = 1 OR (excluded.end_ms, excluded.raw) > (pending.end_ms, pending.raw))
+"""
+_SUPERSEDE_ONLY = """
+UPDATE pending SET body = ?2, final = ?3, end_ms = ?4, raw = ?5, size = ?6, version = version + 1
+WHERE id = ?1 AND final = 0 AND (?3 = 1 OR (?4, ?5) > (end_ms, raw))
+"""
+
+# Sender write transactions are cut into chunks so the event loop never waits long for the lock.
+_SETTLE_CHUNK = 100
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    id: str
+    version: int
+    body: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What to do with one sent record: ``delete`` when confirmed, else ``dead`` with the reason."""
+
+    id: str
+    version: int
+    dead: bool = False
+    status: str = ""
+    reason: str = ""
+
+
+class OutboxStore:
+    """The records on disk. ``put`` is called on the agent's event loop; the rest from the sender."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_records: int = 500_000,
+        max_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
+        if max_records < 1 or max_bytes < 1:
+            raise ValueError("max_records and max_bytes must be positive: they bound the outbox on disk")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        # One lock for every write transaction of this process: a writer waiting on it wakes as soon
+        # as the sender commits, instead of sleeping in SQLite's busy handler (1 ms or more).
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._writer = self._connect()
+        self._reader = self._connect()
+        self._warned_full = False
+        self._closed = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("PRAGMA journal_size_limit=67108864")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            conn.close()
+            raise RuntimeError(
+                f"outbox {self.path} was written by a newer livekit-metering (schema {version}); "
+                "upgrade this process or point it at another outbox path"
+            )
+        if version < _SCHEMA_VERSION:
+            # Every statement is idempotent, so two processes creating the file at once is harmless.
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        return conn
+
+    # -- the agent's side ------------------------------------------------------------------------
+
+    def put(self, batch: Sequence[MeterRecord]) -> int:
+        """Commit the batch to disk; return how many records were dropped because the outbox is full."""
+        now = time.time()
+        rows = []
+        for record in batch:
+            body = record.model_dump_json()
+            end_ms = int(record.end.timestamp() * 1000)
+            rows.append((record.id, body, int(record.is_final), end_ms, record.raw, len(body), now))
+        dropped = 0
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                records, size = conn.execute("SELECT records, bytes FROM stats").fetchone()
+                for row in rows:
+                    if records < self.max_records and size + row[5] <= self.max_bytes:
+                        conn.execute(_UPSERT, row)
+                        records += 1  # may be an update; over-counting only makes the cap stricter
+                        size += row[5]
+                    elif not conn.execute(_SUPERSEDE_ONLY, row[:6]).rowcount:
+                        # At the cap a newer form of a pending id still replaces the old one (no
+                        # growth); anything else is refused and counted, never silently lost.
+                        exists = conn.execute("SELECT 1 FROM pending WHERE id = ?", (row[0],)).fetchone()
+                        if exists is None:
+                            dropped += 1
+                if dropped:
+                    conn.execute("UPDATE stats SET dropped = dropped + ?", (dropped,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        if dropped and not self._warned_full:
+            self._warned_full = True
+            logger.warning(
+                "livekit-metering outbox %s is full (%d records / %d bytes at most): dropped %d record(s); "
+                "the collector is unreachable or too slow. Further drops are counted in health().dropped.",
+                self.path,
+                self.max_records,
+                self.max_bytes,
+                dropped,
+            )
+        elif not dropped:
+            self._warned_full = False
+        return dropped
+
+    # -- the sender's side ------------------------------------------------------------------------
+
+    def claim(self, max_count: int, max_bytes: int) -> list[PendingRecord]:
+        """The oldest pending records, up to ``max_count`` and about ``max_bytes`` (at least one)."""
+        out: list[PendingRecord] = []
+        total = 0
+        with self._read_lock:
+            cursor = self._reader.execute(
+                "SELECT id, version, body, size FROM pending ORDER BY rowid LIMIT ?", (max_count,)
+            )
+            for row in cursor:
+                if out and total + row[3] > max_bytes:
+                    break
+                out.append(PendingRecord(*row))
+                total += row[3]
+            cursor.close()
+        return out
+
+    def settle(self, settlements: Iterable[Settlement]) -> None:
+        """Delete confirmed records and move refused ones to ``dead_letter``, if still at that version."""
+        items = list(settlements)
+        now = time.time()
+        for start in range(0, len(items), _SETTLE_CHUNK):
+            chunk = items[start : start + _SETTLE_CHUNK]
+            with self._write_lock, self._read_lock:
+                conn = self._reader
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    dead = [(s.status, s.reason, now, s.id, s.version) for s in chunk if s.dead]
+                    if dead:
+                        conn.executemany(
+                            "INSERT INTO dead_letter (id, body, status, reason, at) "
+                            "SELECT id, body, ?, ?, ? FROM pending WHERE id = ? AND version = ?",
+                            dead,
+                        )
+                    conn.executemany(
+                        "DELETE FROM pending WHERE id = ? AND version = ?", [(s.id, s.version) for s in chunk]
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database without blocking writers (called off the event loop)."""
+        with self._read_lock:
+            self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    # -- anyone ------------------------------------------------------------------------------------
+
+    def health(self, *, sent: int = 0, last_error: str | None = None) -> OutboxHealth:
+        with self._read_lock:
+            conn = self._reader
+            conn.execute("BEGIN")  # one snapshot for all three reads
+            try:
+                records, size, dropped = conn.execute("SELECT records, bytes, dropped FROM stats").fetchone()
+                oldest = conn.execute("SELECT created FROM pending ORDER BY rowid LIMIT 1").fetchone()
+                dead = conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+        return OutboxHealth(
+            path=str(self.path),
+            pending=records,
+            pending_bytes=size,
+            oldest_pending_age_s=None if oldest is None else max(0.0, time.time() - oldest[0]),
+            dropped=dropped,
+            dead_letters=dead,
+            sent=sent,
+            last_error=last_error,
+        )
+
+    def dead_letters(self) -> list[tuple[str, str, str, str]]:
+        """Every refused record as (id, status, reason, body), oldest first."""
+        with self._read_lock:
+            rows = self._reader.execute("SELECT id, status, reason, body FROM dead_letter ORDER BY rowid").fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._write_lock, self._read_lock:
+            try:
+                self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass
+            self._writer.close()
+            self._reader.close()
