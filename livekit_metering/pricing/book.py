@@ -65,7 +65,8 @@ class PriceBook:
         for row in rows:  # later rows (a user's file) replace earlier ones of the same key and date
             merged[(*row.key, row.effective)] = row
         self.rows: list[PriceRow] = sorted(
-            merged.values(), key=lambda r: (r.kind.value, r.plan or "", r.model, r.resource.value, r.effective)
+            merged.values(),
+            key=lambda r: (r.kind.value, r.plan or "", r.provider != "livekit", r.model, r.resource.value, r.effective),
         )
         self._by_key: dict[tuple[Resource, str | None, str, str, str], list[PriceRow]] = {}
         self._aliases: dict[tuple[str, str], str] = {}

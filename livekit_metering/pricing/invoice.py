@@ -298,10 +298,10 @@ def build_invoice(book: PriceBook, records: Iterable[MeterRecord], *, plan: str,
     if inf_lines:
         credits = the_plan.inference_credits
         applied = min(credits, inference_cost)
-        description = f"LiveKit Inference credits: ${_number(credits)} included, ${_number(applied)} used"
+        description = f"LiveKit Inference credits: ${cents(credits)} included, ${cents(applied)} used"
         if the_plan.hard_caps and inference_cost > credits:
             description += (
-                f"; ${_number(inference_cost - credits)} past the credits: not billed "
+                f"; ${cents(inference_cost - credits)} past the credits: not billed "
                 "(hard cap, LiveKit refuses inference past it with HTTP 429)"
             )
             applied = inference_cost
