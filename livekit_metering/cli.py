@@ -5,6 +5,8 @@ Each command only parses options and calls the library; the work lives in the mo
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
 
 app = typer.Typer(
@@ -13,6 +15,56 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.command()
+def report(
+    records: Annotated[Optional[str], typer.Argument(help="A JSON-lines file of meter records.")] = None,  # noqa: UP045
+    url: Annotated[Optional[str], typer.Option(help="A collector's URL (signed with LIVEKIT_API_KEY/SECRET).")] = None,  # noqa: UP045
+    database: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="A collector's store: sqlite:///path.db or postgresql://..."),
+    ] = None,
+    project: Annotated[str, typer.Option(help="The store's project (with --database).")] = "default",
+    group_by: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--group-by", help="day, agent, room, model, customer or resource; sessions if not given."),
+    ] = None,
+    since: Annotated[Optional[str], typer.Option(help="From this date or RFC 3339 time (UTC).")] = None,  # noqa: UP045
+    until: Annotated[Optional[str], typer.Option(help="Until this time; a date includes that whole day.")] = None,  # noqa: UP045
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    plan: Annotated[str, typer.Option(help="The plan whose list prices apply: build, ship or scale.")] = "ship",
+    prices: Annotated[Optional[str], typer.Option(help="A price book TOML overriding the bundled prices.")] = None,  # noqa: UP045
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file.")] = None,  # noqa: UP045
+) -> None:
+    """Sessions and costs from a collector, a store or a records file, grouped and priced."""
+    import sys
+
+    from .report import ReportError, run_report
+
+    try:
+        text = run_report(
+            path=records,
+            url=url,
+            database=database,
+            project=project,
+            group_by=group_by,
+            since=since,
+            until=until,
+            fmt=fmt,
+            plan=plan,
+            prices=prices,
+            output=output,
+            progress=sys.stderr.isatty(),
+        )
+    except (ReportError, ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if output:
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        typer.echo(text, nl=False)
+
 
 
 def main() -> None:

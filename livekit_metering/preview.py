@@ -1,0 +1,293 @@
+"""Dev cost preview: the running cost of a session in the terminal, and a summary table at the end.
+
+It is a listener on a ``Meter`` (``meter.on_record``): every record the meter writes updates the
+running total, which is printed as one compact line, so it never fights the agent's own console
+output; ``close()`` prints the summary table. Prices are list prices for the chosen plan, per
+usage, before the plan's included quotas (the monthly invoice deducts those).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from .records import MeterRecord, Resource, Status, Unit
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .meter import Meter
+    from .pricing import PriceBook
+
+__all__ = ["CostPreview", "attach_preview", "latest_forms", "preview_enabled", "render_summary", "summary_lines"]
+
+PREVIEW_ENV = "LIVEKIT_METERING_PREVIEW"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+# The order and the words people know from LiveKit's pricing page.
+_LABELS: dict[Resource, str] = {
+    Resource.AGENT_SESSION: "Agent session",
+    Resource.CONNECTION: "WebRTC connection",
+    Resource.STT: "STT",
+    Resource.LLM_INPUT: "LLM input",
+    Resource.LLM_INPUT_CACHED: "LLM cached input",
+    Resource.LLM_OUTPUT: "LLM output",
+    Resource.TTS: "TTS",
+}
+_UNIT_NAMES: dict[Unit, tuple[str, str]] = {
+    Unit.MINUTE: ("minute", "minutes"),
+    Unit.SECOND: ("second", "seconds"),
+    Unit.GB: ("GB", "GB"),
+    Unit.TOKEN: ("token", "tokens"),
+    Unit.CHARACTER: ("character", "characters"),
+    Unit.EVENT: ("event", "events"),
+    Unit.NUMBER_MONTH: ("number-month", "number-months"),
+}
+
+
+def preview_enabled(option: bool | None = None, *, argv: Sequence[str] | None = None) -> bool:
+    """Whether to show the dev cost preview.
+
+    An explicit ``option`` wins, then ``LIVEKIT_METERING_PREVIEW`` (1/0), then livekit-agents' own dev
+    signal: ``LIVEKIT_DEV_MODE=1`` (what ``livekit.agents.utils.is_dev_mode()`` reads; the CLI sets it
+    for ``dev`` and ``console``), or ``dev``/``console`` among the command-line arguments (the newer
+    ``python -m livekit.agents dev`` CLI does not set the variable).
+    """
+    if option is not None:
+        return option
+    env = os.environ.get(PREVIEW_ENV, "").strip().lower()
+    if env in _TRUE:
+        return True
+    if env in _FALSE:
+        return False
+    if os.environ.get("LIVEKIT_DEV_MODE") == "1":
+        return True
+    args = sys.argv[1:] if argv is None else argv
+    return any(arg in ("dev", "console") for arg in args)
+
+
+@dataclass(frozen=True)
+class SummaryLine:
+    """One row of the summary: a resource (and model) with what was measured, billed and charged."""
+
+    resource: Resource
+    model: str
+    unit: Unit
+    raw: int  # base units (ms, tokens, characters...)
+    quantity: Decimal  # billable, rounded per usage
+    cost: Decimal | None  # None when the price book has no price for it
+    usages: int
+
+    @property
+    def unit_price(self) -> Decimal | None:
+        if self.cost is None or not self.quantity:
+            return None
+        return self.cost / self.quantity
+
+
+@dataclass
+class _Sum:
+    raw: int = 0
+    quantity: Decimal = Decimal(0)
+    cost: Decimal | None = Decimal(0)
+    usages: int = 0
+
+
+def latest_forms(records: Iterable[MeterRecord]) -> list[MeterRecord]:
+    """The latest form of each usage: a checkpoint is replaced by a later figure or the final form."""
+    latest: dict[str, MeterRecord] = {}
+    for record in records:
+        stored = latest.get(record.id)
+        if stored is None or record.supersedes(stored) or (stored.is_final and record.is_final):
+            latest[record.id] = record
+    return list(latest.values())
+
+
+def summary_lines(records: Iterable[MeterRecord], book: PriceBook, plan: str = "ship") -> list[SummaryLine]:
+    """Sum records per (resource, model, unit), priced with ``book``; the latest form of each usage counts once."""
+    sums: dict[tuple[Resource, str, Unit], _Sum] = {}
+    for record in latest_forms(records):
+        price = book.price_of(record, plan=plan)
+        acc = sums.setdefault((record.resource, record.model, record.unit), _Sum())
+        acc.raw += record.raw
+        acc.quantity += record.quantity
+        acc.cost = None if acc.cost is None or price is None else acc.cost + price
+        acc.usages += 1
+    order = list(_LABELS)
+    lines = [
+        SummaryLine(resource=r, model=m, unit=u, raw=a.raw, quantity=a.quantity, cost=a.cost, usages=a.usages)
+        for (r, m, u), a in sums.items()
+    ]
+    lines.sort(
+        key=lambda s: (order.index(s.resource) if s.resource in order else len(order), s.resource.value, s.model)
+    )
+    return lines
+
+
+def _measured(line: SummaryLine) -> str:
+    if line.unit in (Unit.MINUTE, Unit.SECOND):
+        return f"{line.raw / 1000:,.1f} s"
+    if line.unit is Unit.GB:
+        return f"{line.raw:,} bytes"
+    return f"{line.raw:,}"
+
+
+def _billable(line: SummaryLine) -> str:
+    one, many = _UNIT_NAMES[line.unit]
+    text = format(line.quantity.normalize(), "f") if line.quantity else "0"
+    whole, _, frac = text.partition(".")
+    shown = f"{int(whole):,}" + (f".{frac}" if frac else "")
+    return f"{shown} {one if line.quantity == 1 else many}"
+
+
+def _money(amount: Decimal | None, places: int = 4) -> str:
+    if amount is None:
+        return "unpriced"
+    quantum = Decimal(1).scaleb(-places)
+    shown = amount.quantize(quantum)
+    if shown == 0 and amount != 0:
+        return f"<${quantum}"
+    return f"${shown:,}"
+
+
+def _unit_price(line: SummaryLine) -> str:
+    price = line.unit_price
+    if price is None:
+        return "unpriced" if line.cost is None else "-"
+    one, _ = _UNIT_NAMES[line.unit]
+    per_million = line.unit in (Unit.TOKEN, Unit.CHARACTER)
+    if per_million:
+        return f"{_exact_usd(price * 1_000_000)} / 1M {one}s"
+    return f"{_exact_usd(price)} / {one}"
+
+
+def _exact_usd(amount: Decimal) -> str:
+    """A unit price with every digit it has and at least cents: $0.40, $0.00008."""
+    text = format(amount.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"${int(whole):,}.{frac.ljust(2, '0')}"
+
+
+def render_summary(records: Iterable[MeterRecord], book: PriceBook, plan: str = "ship") -> Table:
+    """The end-of-session table: each resource with measured and billable amounts, price and cost, then the total."""
+    from rich.table import Table
+
+    lines = summary_lines(records, book, plan)
+    table = Table(title=f"Session cost preview (LiveKit {plan} plan list prices)", title_justify="left")
+    table.add_column("resource")
+    table.add_column("model")
+    table.add_column("measured", justify="right")
+    table.add_column("billable", justify="right")
+    table.add_column("price", justify="right")
+    table.add_column("cost", justify="right")
+    total = Decimal(0)
+    unpriced = False
+    for line in lines:
+        if line.cost is None:
+            unpriced = True
+        else:
+            total += line.cost
+        table.add_row(
+            _LABELS.get(line.resource, line.resource.value),
+            line.model or "",
+            _measured(line),
+            _billable(line),
+            _unit_price(line),
+            _money(line.cost),
+        )
+    table.add_section()
+    table.add_row("[bold]Total[/]", "", "", "", "", f"[bold]{_money(total)}[/]" + (" +unpriced" if unpriced else ""))
+    table.caption = "Each usage is rounded up to its increment before summing; included plan quotas are not deducted."
+    return table
+
+
+class CostPreview:
+    """A ``Meter`` listener that keeps the session's running cost and prints it as it changes.
+
+    Use ``attach_preview(meter)``; call ``close()`` when the session ends to print the summary.
+    """
+
+    def __init__(
+        self,
+        *,
+        book: PriceBook | None = None,
+        plan: str = "ship",
+        console: Console | None = None,
+        live: bool = True,
+    ) -> None:
+        from rich.console import Console
+
+        if book is None:
+            from .pricing import PriceBook
+
+            book = PriceBook.bundled()
+        self.book = book
+        self.plan = plan
+        self.console = console or Console(stderr=True)
+        self.live = live
+        self._records: dict[str, MeterRecord] = {}
+        self._costs: dict[str, Decimal | None] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def records(self) -> list[MeterRecord]:
+        return list(self._records.values())
+
+    @property
+    def total(self) -> Decimal:
+        """The running cost: the latest figure of every usage, priced."""
+        return sum((c for c in self._costs.values() if c is not None), Decimal(0))
+
+    def __call__(self, record: MeterRecord) -> None:
+        with self._lock:
+            stored = self._records.get(record.id)
+            if stored is not None and not record.supersedes(stored) and stored.is_final:
+                return  # a stale checkpoint or resend: the stored figure stands
+            self._records[record.id] = record
+            cost = self.book.price_of(record, plan=self.plan)
+            self._costs[record.id] = cost
+            total = self.total
+        if self.live and not self._closed:
+            self.console.print(self._line(record, cost, total), highlight=False)
+
+    def _line(self, record: MeterRecord, cost: Decimal | None, total: Decimal) -> str:
+        label = _LABELS.get(record.resource, record.resource.value)
+        line = SummaryLine(record.resource, record.model, record.unit, record.raw, record.quantity, cost, 1)
+        what = f"{label} {_billable(line)}" + (f" ({record.model})" if record.model else "")
+        running = " (running)" if record.status is Status.CHECKPOINT else ""
+        return f"[dim]💲 {what}{running}: {_money(cost, 6)}[/dim]  [bold]session so far {_money(total)}[/]"
+
+    def summary(self) -> Table:
+        return render_summary(self.records, self.book, self.plan)
+
+    def close(self) -> None:
+        """Print the summary table once (later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._records:
+            self.console.print(self.summary())
+
+
+def attach_preview(
+    meter: Meter,
+    *,
+    book: PriceBook | None = None,
+    plan: str = "ship",
+    console: Console | None = None,
+) -> CostPreview:
+    """Show ``meter``'s running cost in the terminal; call ``close()`` on the result at session end."""
+    preview = CostPreview(book=book, plan=plan, console=console)
+    for record in meter.records:  # usages recorded before the preview was attached still count
+        preview._records[record.id] = record
+        preview._costs[record.id] = preview.book.price_of(record, plan=plan)
+    meter.on_record(preview)
+    return preview

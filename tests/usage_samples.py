@@ -1,0 +1,90 @@
+"""Realistic meter records for report, preview and dashboard tests: a month of voice-agent sessions.
+
+Built with the real rate policy, so every record is rounded exactly as a live agent's would be.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from livekit_metering import MeterRecord, Resource, Status, get_policy, record_id
+
+STT_MODEL = "deepgram/nova-3"
+LLM_MODEL = "openai/gpt-4.1-mini"
+TTS_MODEL = "cartesia/sonic-3"
+UNPRICED_MODEL = "acme/house-llm"
+
+
+def session_records(
+    session_id: str,
+    start: datetime,
+    seconds: float,
+    *,
+    room: str,
+    agent: str,
+    customer: str,
+    llm_model: str = LLM_MODEL,
+    checkpoint: bool = False,
+) -> list[MeterRecord]:
+    """One session: agent time, STT seconds, two LLM calls (with cached input) and TTS characters.
+
+    With ``checkpoint``, the agent-session record comes first as a running checkpoint at half time,
+    then in its final form with the same id (what a file or the outbox carries).
+    """
+    policy = get_policy()
+    ms = int(seconds * 1000)
+    end = start + timedelta(milliseconds=ms)
+    common = {"room": room, "room_sid": f"RM_{room}", "agent_name": agent, "customer": customer}
+    out: list[MeterRecord] = []
+
+    def add(resource: Resource, raw: int, usage: str, status: Status = Status.OK, **fields: object) -> None:
+        out.append(
+            policy.record(
+                id=record_id(session_id, usage, resource),
+                session_id=session_id,
+                resource=resource,
+                raw=raw,
+                start=start,
+                end=end if status is not Status.CHECKPOINT else start + timedelta(milliseconds=ms // 2),
+                status=status,
+                **common,
+                **fields,
+            )
+        )
+
+    if checkpoint:
+        add(Resource.AGENT_SESSION, ms // 2, "session", Status.CHECKPOINT, meta={"checkpoint": 1})
+    add(Resource.AGENT_SESSION, ms, "session", meta={"closed_by": "room disconnected"})
+    add(Resource.STT, ms + 2000, "stt-1", model=STT_MODEL, provider="livekit")
+    scale = max(1, int(seconds // 10))
+    for n in (1, 2):
+        usage = f"llm-{n}"
+        add(Resource.LLM_INPUT, 900 * scale + 37 * n, usage, model=llm_model, provider="livekit")
+        add(Resource.LLM_INPUT_CACHED, 400 * scale, usage, model=llm_model, provider="livekit")
+        add(Resource.LLM_OUTPUT, 60 * scale + 11 * n, usage, model=llm_model, provider="livekit")
+    add(Resource.TTS, 350 * scale + 13, "tts-1", model=TTS_MODEL, provider="livekit")
+    return out
+
+
+def month_of_sessions(month_start: datetime, *, unpriced: bool = True) -> list[MeterRecord]:
+    """Twelve sessions spread over a month: three customers, two agents, one session on an unpriced model."""
+    assert month_start.tzinfo is not None
+    records: list[MeterRecord] = []
+    customers = ("acme", "globex", "initech")
+    for i in range(12):
+        start = month_start + timedelta(days=(i * 5) % 26, hours=9 + i % 8, minutes=7 * i % 60, seconds=13)
+        records += session_records(
+            f"AJ_{i:03d}demo",
+            start,
+            seconds=45 + 71 * i,  # 45 s .. 826 s: every session lands in a different number of minutes
+            room=f"call-{i:03d}",
+            agent="support" if i % 3 else "sales",
+            customer=customers[i % 3],
+            llm_model=UNPRICED_MODEL if (unpriced and i == 7) else LLM_MODEL,
+        )
+    return records
+
+
+def this_month() -> datetime:
+    now = datetime.now(timezone.utc)
+    return datetime(now.year, now.month, 1, tzinfo=timezone.utc)
