@@ -53,6 +53,8 @@ class StandInCollector:
     retry_after: str | None = "0"
     store: dict[str, MeterRecord] = field(default_factory=dict)
     accepted: Counter[str] = field(default_factory=Counter)  # per id: times a new form was stored
+    reject_ids: set[str] = field(default_factory=set)  # answered "rejected" (e.g. outside the time window)
+    poison_ids: set[str] = field(default_factory=set)  # a batch holding one is refused whole with 400
     requests: int = 0
     gzipped_requests: int = 0
     bad_signatures: int = 0
@@ -98,8 +100,14 @@ class StandInCollector:
         if request.headers.get("Content-Encoding") == "gzip":
             self.gzipped_requests += 1
             body = gzip.decompress(body)
+        items = json.loads(body)["records"]
+        if any(item.get("id") in self.poison_ids for item in items):
+            return web.json_response({"error": "records[0]: malformed"}, status=400)
         results: list[dict[str, str]] = []
-        for item in json.loads(body)["records"]:
+        for item in items:
+            if item.get("id") in self.reject_ids:
+                results.append({"id": item["id"], "status": "rejected", "reason": "end: outside the accepted window"})
+                continue
             try:
                 record = MeterRecord.from_json(item)
             except ValueError as exc:
@@ -124,7 +132,8 @@ class StandInCollector:
             self._loop = loop
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_post("/v1/records", self.handle)
-            self._runner = web.AppRunner(app, handle_signals=False)
+            # auto_decompress=False: the sha256 claim covers the bytes as sent, so hash them before gunzip.
+            self._runner = web.AppRunner(app, handle_signals=False, auto_decompress=False)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
             loop.run_until_complete(site.start())

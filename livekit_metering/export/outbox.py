@@ -72,14 +72,16 @@ class Outbox:
         self.url = url
         self.shutdown_timeout = shutdown_timeout
         self._store_options = {"max_records": max_records, "max_bytes": max_bytes}
-        self._store = OutboxStore(self.path, max_records=max_records, max_bytes=max_bytes)
-        self._sender: Sender | None = None
-        if url:
+        client: CollectorClient | None = None
+        if url:  # first, so a bad URL is refused before any file is created
             key = api_key if api_key is not None else os.environ.get("LIVEKIT_API_KEY")
             secret = api_secret if api_secret is not None else os.environ.get("LIVEKIT_API_SECRET")
             client = CollectorClient(
                 url, api_key=key, api_secret=secret, gzip_min_bytes=gzip_min_bytes, timeout=request_timeout
             )
+        self._store = OutboxStore(self.path, max_records=max_records, max_bytes=max_bytes)
+        self._sender: Sender | None = None
+        if client is not None:
             if not client.signs:
                 logger.warning(
                     "livekit-metering: no LIVEKIT_API_KEY / LIVEKIT_API_SECRET; records are sent to %s unsigned",

@@ -214,11 +214,12 @@ class Sender:
             await self._back_off(self.backoff.next(retry_after))
             return
         except BatchRefused as exc:
-            self._failed(str(exc))
             if exc.status in (401, 403):
-                logger.error("livekit-metering: %s; check LIVEKIT_API_KEY / LIVEKIT_API_SECRET", exc)
+                self._failed(f"{exc}; check LIVEKIT_API_KEY / LIVEKIT_API_SECRET", level=logging.ERROR)
                 await self._back_off(self.backoff.next())
-            elif len(batch) > 1:
+                return
+            self._failed(str(exc))
+            if len(batch) > 1:
                 self._batch_limit = max(1, len(batch) // 2)  # find the record that makes the batch fail
             else:
                 reason = f"HTTP {exc.status}: {exc}"
@@ -295,14 +296,14 @@ class Sender:
         if waiters:
             self._deadline = None
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, message: str, *, level: int = logging.WARNING) -> None:
         self.last_error = message
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
         if now - self._last_warning >= 60.0:
             self._last_warning = now
-            logger.warning("livekit-metering: cannot ship records yet (kept on disk, will retry): %s", message)
+            logger.log(level, "livekit-metering: cannot ship records yet (kept on disk, will retry): %s", message)
 
     def _recovered(self) -> None:
         if self._failing_since is not None:

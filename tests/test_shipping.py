@@ -1,0 +1,273 @@
+"""Shipping under faults: every record written to the outbox reaches the collector exactly once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from test_shipping_collector import API_KEY, API_SECRET, StandInCollector, collector, free_port
+
+from livekit_metering.export import Backoff, FanoutExporter, LogExporter, Outbox, default_exporter
+from livekit_metering.export.file import FileExporter
+from livekit_metering.rates import get_policy
+from livekit_metering.records import MeterRecord, Resource, Status
+
+__all__ = ["collector"]  # the stand-in collector fixture, shared with the other shipping tests
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+
+
+def records(n: int, session: str = "job-1", *, status: Status = Status.OK, raw: int = 1200) -> list[MeterRecord]:
+    policy = get_policy(None)
+    return [
+        policy.record(
+            id=f"{session}/llm-{i}/llm_output",
+            session_id=session,
+            resource=Resource.LLM_OUTPUT,
+            raw=raw,
+            start=T0,
+            end=T0 + timedelta(seconds=1),
+            status=status,
+            model="openai/gpt-4.1-mini",
+        )
+        for i in range(n)
+    ]
+
+
+def session_record(raw: int, status: Status, session: str = "job-1") -> MeterRecord:
+    return get_policy(None).record(
+        id=f"{session}/session/agent_session",
+        session_id=session,
+        resource=Resource.AGENT_SESSION,
+        raw=raw,
+        start=T0,
+        end=T0 + timedelta(milliseconds=raw),
+        status=status,
+    )
+
+
+@pytest.fixture
+def make_outbox(tmp_path: Path) -> Iterator[object]:
+    made: list[Outbox] = []
+
+    def make(url: str | None, path: Path | None = None, **options: object) -> Outbox:
+        options.setdefault("backoff", Backoff(0.02, 0.2))
+        options.setdefault("interval", 0.05)
+        outbox = Outbox(path or tmp_path / "outbox.sqlite3", url=url, api_key=API_KEY, api_secret=API_SECRET, **options)  # type: ignore[arg-type]
+        made.append(outbox)
+        return outbox
+
+    yield make
+    for outbox in made:
+        outbox.close()
+
+
+def export_all(outbox: Outbox, batch: list[MeterRecord], size: int = 7) -> None:
+    for start in range(0, len(batch), size):
+        outbox.export(batch[start : start + size])
+
+
+def assert_exactly_once(collector: StandInCollector, sent: list[MeterRecord]) -> None:
+    store = collector.call(lambda: dict(collector.store))
+    accepted = collector.call(lambda: dict(collector.accepted))
+    assert set(store) == {r.id for r in sent}, "every record arrives"
+    assert all(store[r.id] == r for r in sent), "each arrives intact"
+    assert set(accepted.values()) == {1}, "none is stored twice"
+
+
+def test_collector_down_for_the_whole_session_then_up_delivers_every_record_exactly_once(make_outbox) -> None:  # type: ignore[no-untyped-def]
+    collector = StandInCollector(port=free_port())  # not listening yet
+    outbox = make_outbox(collector.url)
+    sent = records(500)
+    export_all(outbox, sent)
+    assert not outbox.flush(0.3), "nothing can be delivered while the collector is down"
+    health = outbox.health()
+    assert health.pending == 500 and health.oldest_pending_age_s is not None
+    assert health.last_error and "cannot reach the collector" in health.last_error
+
+    collector.start()
+    try:
+        assert outbox.flush(15)
+        assert_exactly_once(collector, sent)
+        health = outbox.health()
+        assert (health.pending, health.pending_bytes, health.dropped, health.dead_letters) == (0, 0, 0, 0)
+        assert health.sent == 500 and health.last_error is None
+    finally:
+        collector.stop()
+
+
+def test_429_503_lost_responses_resets_and_slow_answers_lose_nothing_and_duplicate_nothing(
+    make_outbox,  # type: ignore[no-untyped-def]
+    collector: StandInCollector,
+) -> None:
+    collector.faults = ["429", "503", "commit-then-drop", "reset", "500", "slow", "commit-then-drop", "429", "reset"]
+    collector.slow_s = 1.0
+    outbox = make_outbox(collector.url, max_batch=40, request_timeout=0.3)
+    sent = records(400)
+    export_all(outbox, sent)
+    assert outbox.flush(20)
+    assert_exactly_once(collector, sent)
+    assert collector.faults == [], "every fault was exercised"
+    assert outbox.health().dead_letters == 0
+
+
+def test_checkpoints_then_final_form_arrive_as_the_final_form(make_outbox, collector: StandInCollector) -> None:  # type: ignore[no-untyped-def]
+    collector.faults = ["503"]
+    outbox = make_outbox(collector.url)
+    final = session_record(125_000, Status.OK)
+    for raw in (30_000, 60_000, 90_000):
+        outbox.export([session_record(raw, Status.CHECKPOINT)])
+    outbox.export([final])
+    outbox.export([session_record(120_000, Status.CHECKPOINT)])  # late, stale: must not replace the final form
+    assert outbox.flush(10)
+    assert collector.call(lambda: collector.store[final.id]) == final
+
+
+def test_rejected_and_conflicting_records_go_to_dead_letters_with_the_reason(
+    make_outbox, collector: StandInCollector
+) -> None:  # type: ignore[no-untyped-def]
+    sent = records(20)
+    collector.reject_ids = {sent[3].id}
+    other = records(1, raw=999)[0]  # same id as sent[0], a different final payload
+    collector.call(lambda: collector.ingest(other))
+    outbox = make_outbox(collector.url)
+    export_all(outbox, sent)
+    assert outbox.flush(10)
+    dead = {rid: (status, reason) for rid, status, reason, _ in outbox.dead_letters()}
+    assert dead == {
+        sent[3].id: ("rejected", "end: outside the accepted window"),
+        sent[0].id: ("conflict", "a different final form is already stored"),
+    }
+    health = outbox.health()
+    assert (health.pending, health.dead_letters) == (0, 2)
+    assert not health.ok
+
+
+def test_a_batch_refused_whole_is_split_until_the_bad_record_is_dead_lettered(
+    make_outbox, collector: StandInCollector
+) -> None:  # type: ignore[no-untyped-def]
+    sent = records(64)
+    collector.poison_ids = {sent[37].id}
+    outbox = make_outbox(collector.url)
+    export_all(outbox, sent, size=64)
+    assert outbox.flush(10)
+    assert [d[:2] for d in outbox.dead_letters()] == [(sent[37].id, "refused")]
+    assert "HTTP 400" in outbox.dead_letters()[0][2]
+    assert collector.call(lambda: set(collector.store)) == {r.id for r in sent} - {sent[37].id}
+
+
+def test_large_batches_are_gzipped_and_every_request_is_signed_over_the_bytes_sent(
+    make_outbox, collector: StandInCollector
+) -> None:  # type: ignore[no-untyped-def]
+    outbox = make_outbox(collector.url, gzip_min_bytes=2048)
+    sent = records(300)
+    export_all(outbox, sent, size=300)
+    assert outbox.flush(10)
+    assert_exactly_once(collector, sent)
+    assert collector.gzipped_requests >= 1
+    assert collector.bad_signatures == 0
+
+
+def test_a_wrong_secret_keeps_records_on_disk_instead_of_dropping_them(
+    tmp_path: Path, collector: StandInCollector
+) -> None:
+    outbox = Outbox(
+        tmp_path / "o.sqlite3",
+        url=collector.url,
+        api_key=API_KEY,
+        api_secret="a-wrong-secret-that-is-long-enough-000",
+        backoff=Backoff(0.02, 0.1),
+        interval=0.05,
+    )
+    try:
+        outbox.export(records(5))
+        assert not outbox.flush(0.5)
+        health = outbox.health()
+        assert (health.pending, health.dead_letters) == (5, 0)
+        assert health.last_error and "401" in health.last_error
+    finally:
+        outbox.close()
+
+
+def test_shutdown_leaves_what_it_could_not_send_for_the_next_process_on_the_host(
+    make_outbox,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector = StandInCollector(port=free_port())
+    first = make_outbox(collector.url)
+    sent = records(100)
+    export_all(first, sent)
+    with caplog.at_level(logging.INFO, logger="livekit_metering"):
+        first.shutdown(timeout=0.3)
+    assert "pending=100" in caplog.text, "health is logged at shutdown"
+    assert first.health().pending == 100
+
+    collector.start()
+    try:
+        second = make_outbox(collector.url)  # same file: a later job process on the same host
+        assert second.flush(10)
+        assert_exactly_once(collector, sent)
+        assert first.health().pending == 0
+    finally:
+        collector.stop()
+
+
+def test_only_one_process_sends_a_file_and_the_others_records_go_with_it(
+    make_outbox, collector: StandInCollector
+) -> None:  # type: ignore[no-untyped-def]
+    leader = make_outbox(collector.url)
+    assert leader.flush(5)  # holds the sender lock from now on
+    follower = make_outbox(collector.url)
+    sent = records(50)
+    export_all(follower, sent)
+    assert not follower.flush(1.0), "the follower does not send: it reports the records left to the leader"
+    assert leader.flush(10)
+    assert_exactly_once(collector, sent)
+
+
+def test_log_sink_writes_one_line_per_record(caplog: pytest.LogCaptureFixture) -> None:
+    sent = records(3)
+    with caplog.at_level(logging.INFO, logger="livekit_metering.records"):
+        LogExporter().export(sent)
+    lines = [r for r in caplog.records if r.name == "livekit_metering.records"]
+    assert len(lines) == 3
+    assert lines[1].getMessage().startswith(f"llm_output 1200 token {sent[1].id} {{")
+    assert MeterRecord.model_validate_json(lines[1].getMessage().split(" ", 4)[4]) == sent[1]
+
+
+def test_fanout_reaches_every_sink_even_when_one_fails(tmp_path: Path) -> None:
+    class Broken:
+        def export(self, batch: object) -> None:
+            raise OSError("disk full")
+
+        def shutdown(self) -> None:
+            pass
+
+    file = FileExporter(tmp_path / "r.jsonl")
+    fanout = FanoutExporter(Broken(), file)
+    with pytest.raises(OSError, match="disk full"):
+        fanout.export(records(2))
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+
+def test_default_exporter_ships_when_a_url_is_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEKIT_METERING_OUTBOX", str(tmp_path / "env-outbox.sqlite3"))
+    monkeypatch.delenv("LIVEKIT_METERING_FILE", raising=False)
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("LIVEKIT_METERING_URL", url)
+    exporter = default_exporter()
+    assert isinstance(exporter, Outbox) and exporter.path == tmp_path / "env-outbox.sqlite3"
+    assert default_exporter() is exporter, "one outbox per process, shared by every session"
+    both = default_exporter(file=tmp_path / "r.jsonl")
+    assert isinstance(both, FanoutExporter) and both.exporters[0] is exporter
+    monkeypatch.delenv("LIVEKIT_METERING_URL")
+    assert isinstance(default_exporter(file=tmp_path / "r.jsonl"), FileExporter)
+    exporter.close()
+
+
+def test_a_bad_collector_url_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must start with http"):
+        Outbox(tmp_path / "o.sqlite3", url="collector:8080")
