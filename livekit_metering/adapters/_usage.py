@@ -1,0 +1,167 @@
+"""What the three adapters share: where a usage is recorded, when it happened, who served it.
+
+Measurement only: the adapters hand raw amounts (ms, tokens, characters) to a ``Meter``, which
+rounds, builds and exports the record. Nothing here may raise into the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ..meter import Meter, current_meter
+from ..records import Resource, Status
+
+logger = logging.getLogger("livekit_metering.adapters")
+
+Meta = dict[str, str | int | bool]
+
+
+class Span:
+    """The time of one usage: monotonic for the duration, stamped with UTC wall time."""
+
+    __slots__ = ("_mono", "start")
+
+    def __init__(self) -> None:
+        self.start = datetime.now(timezone.utc)
+        self._mono = time.monotonic()
+
+    def elapsed_ms(self) -> int:
+        return max(0, round((time.monotonic() - self._mono) * 1000))
+
+    def end(self) -> datetime:
+        return self.start + timedelta(milliseconds=self.elapsed_ms())
+
+
+class Attribution:
+    """The model, provider and language a usage is billed under."""
+
+    __slots__ = ("language", "model", "provider")
+
+    def __init__(self, model: str, provider: str, language: str = "") -> None:
+        self.model = model
+        self.provider = provider
+        self.language = language
+
+    @classmethod
+    def of(cls, model: Any, language: object = None) -> Attribution:
+        """Read the attribution from a livekit-agents model (STT, LLM or TTS); never raises.
+
+        LiveKit Inference models report provider ``livekit`` and model ``provider/model``; both
+        are kept as they are so the price book can match them. A ``:language`` suffix on the
+        model name (``deepgram/nova-3:multi``) or the model's configured language fills
+        ``language`` when the caller did not name one.
+        """
+        name = _text(getattr(model, "model", "")) or "unknown"
+        provider = _text(getattr(model, "provider", "")) or "unknown"
+        lang = _text(language)
+        if ":" in name:
+            name, _, suffix = name.rpartition(":")
+            lang = lang or suffix
+        if not lang:
+            opts = getattr(model, "_opts", None)
+            lang = _text(getattr(opts, "language", ""))
+        return cls(name, provider, lang)
+
+
+def _text(value: object) -> str:
+    # NOT_GIVEN, None and non-strings (enums excepted) all mean "not known"
+    if isinstance(value, str):
+        return value[:256]
+    return ""
+
+
+def resolve_meter(explicit: Meter | None) -> Meter:
+    """The meter a usage goes to: the one passed to the adapter, else the job's (or the default)."""
+    return explicit if explicit is not None else current_meter()
+
+
+def record(
+    meter: Meter,
+    resource: Resource,
+    raw: int,
+    *,
+    usage: str,
+    span: Span,
+    who: Attribution,
+    status: Status = Status.OK,
+    end: datetime | None = None,
+    meta: Meta | None = None,
+) -> None:
+    """Record one usage on ``meter``; log and swallow anything that goes wrong."""
+    try:
+        meter.record(
+            resource,
+            max(0, int(raw)),
+            usage=usage,
+            start=span.start,
+            end=end or span.end(),
+            status=status,
+            model=who.model,
+            provider=who.provider,
+            language=who.language,
+            meta=meta or {},
+        )
+    except Exception:
+        logger.exception("livekit-metering could not record %s usage %s", resource.value, usage)
+
+
+@contextlib.contextmanager
+def never_raises(what: str) -> Iterator[None]:
+    """Metering must not break the agent: log a failure inside the block and carry on."""
+    try:
+        yield
+    except Exception:
+        logger.exception("livekit-metering failed while %s", what)
+
+
+def safe_callback(fn: Callable[..., None], what: str) -> Callable[..., None]:
+    def _cb(*args: Any) -> None:
+        with never_raises(what):
+            fn(*args)
+
+    return _cb
+
+
+class Forwarder:
+    """Re-emits chosen events of a wrapped model on its wrapper, unchanged (like FallbackAdapter).
+
+    ``metrics_collected`` and ``error`` pass through as they are, so ``session.usage``, session
+    reports and the session's error handling see exactly what the wrapped model emits, once.
+    """
+
+    def __init__(self, source: Any, target: Any, events: tuple[str, ...]) -> None:
+        self._source = source
+        self._handlers: dict[str, Callable[..., None]] = {}
+        for event in events:
+            handler = self._make(target, event)
+            self._handlers[event] = handler
+            source.on(event, handler)
+
+    @staticmethod
+    def _make(target: Any, event: str) -> Callable[..., None]:
+        def _forward(*args: Any) -> None:
+            target.emit(event, *args)
+
+        return _forward
+
+    def close(self) -> None:
+        for event, handler in self._handlers.items():
+            self._source.off(event, handler)
+        self._handlers.clear()
+
+
+def status_of(task: Any) -> tuple[Status, str]:
+    """The outcome of a finished provider task: ok, cancelled or error (with the error's type)."""
+    if task is None or not task.done():
+        return Status.CANCELLED, ""
+    if task.cancelled():
+        return Status.CANCELLED, ""
+    exc = task.exception()
+    if exc is not None:
+        return Status.ERROR, type(exc).__name__
+    return Status.OK, ""
