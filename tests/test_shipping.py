@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_shipping_collector import API_KEY, API_SECRET, StandInCollector, collector, free_port
@@ -17,6 +18,7 @@ from livekit_metering.records import MeterRecord, Resource, Status
 
 __all__ = ["collector"]  # the stand-in collector fixture, shared with the other shipping tests
 
+MakeOutbox = Callable[..., Outbox]
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
 
 
@@ -50,13 +52,14 @@ def session_record(raw: int, status: Status, session: str = "job-1") -> MeterRec
 
 
 @pytest.fixture
-def make_outbox(tmp_path: Path) -> Iterator[object]:
+def make_outbox(tmp_path: Path) -> Iterator[MakeOutbox]:
     made: list[Outbox] = []
 
-    def make(url: str | None, path: Path | None = None, **options: object) -> Outbox:
+    def make(url: str | None, path: Path | None = None, **options: Any) -> Outbox:
         options.setdefault("backoff", Backoff(0.02, 0.2))
         options.setdefault("interval", 0.05)
-        outbox = Outbox(path or tmp_path / "outbox.sqlite3", url=url, api_key=API_KEY, api_secret=API_SECRET, **options)  # type: ignore[arg-type]
+        path = path or tmp_path / "outbox.sqlite3"
+        outbox = Outbox(path, url=url, api_key=API_KEY, api_secret=API_SECRET, **options)
         made.append(outbox)
         return outbox
 
@@ -78,7 +81,9 @@ def assert_exactly_once(collector: StandInCollector, sent: list[MeterRecord]) ->
     assert set(accepted.values()) == {1}, "none is stored twice"
 
 
-def test_collector_down_for_the_whole_session_then_up_delivers_every_record_exactly_once(make_outbox) -> None:  # type: ignore[no-untyped-def]
+def test_collector_down_for_the_whole_session_then_up_delivers_every_record_exactly_once(
+    make_outbox: MakeOutbox,
+) -> None:
     collector = StandInCollector(port=free_port())  # not listening yet
     outbox = make_outbox(collector.url)
     sent = records(500)
@@ -100,7 +105,7 @@ def test_collector_down_for_the_whole_session_then_up_delivers_every_record_exac
 
 
 def test_429_503_lost_responses_resets_and_slow_answers_lose_nothing_and_duplicate_nothing(
-    make_outbox,  # type: ignore[no-untyped-def]
+    make_outbox: MakeOutbox,
     collector: StandInCollector,
 ) -> None:
     collector.faults = ["429", "503", "commit-then-drop", "reset", "500", "slow", "commit-then-drop", "429", "reset"]
@@ -114,7 +119,9 @@ def test_429_503_lost_responses_resets_and_slow_answers_lose_nothing_and_duplica
     assert outbox.health().dead_letters == 0
 
 
-def test_checkpoints_then_final_form_arrive_as_the_final_form(make_outbox, collector: StandInCollector) -> None:  # type: ignore[no-untyped-def]
+def test_checkpoints_then_final_form_arrive_as_the_final_form(
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
     collector.faults = ["503"]
     outbox = make_outbox(collector.url)
     final = session_record(125_000, Status.OK)
@@ -127,8 +134,8 @@ def test_checkpoints_then_final_form_arrive_as_the_final_form(make_outbox, colle
 
 
 def test_rejected_and_conflicting_records_go_to_dead_letters_with_the_reason(
-    make_outbox, collector: StandInCollector
-) -> None:  # type: ignore[no-untyped-def]
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
     sent = records(20)
     collector.reject_ids = {sent[3].id}
     other = records(1, raw=999)[0]  # same id as sent[0], a different final payload
@@ -147,8 +154,8 @@ def test_rejected_and_conflicting_records_go_to_dead_letters_with_the_reason(
 
 
 def test_a_batch_refused_whole_is_split_until_the_bad_record_is_dead_lettered(
-    make_outbox, collector: StandInCollector
-) -> None:  # type: ignore[no-untyped-def]
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
     sent = records(64)
     collector.poison_ids = {sent[37].id}
     outbox = make_outbox(collector.url)
@@ -160,8 +167,8 @@ def test_a_batch_refused_whole_is_split_until_the_bad_record_is_dead_lettered(
 
 
 def test_large_batches_are_gzipped_and_every_request_is_signed_over_the_bytes_sent(
-    make_outbox, collector: StandInCollector
-) -> None:  # type: ignore[no-untyped-def]
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
     outbox = make_outbox(collector.url, gzip_min_bytes=2048)
     sent = records(300)
     export_all(outbox, sent, size=300)
@@ -193,7 +200,7 @@ def test_a_wrong_secret_keeps_records_on_disk_instead_of_dropping_them(
 
 
 def test_shutdown_leaves_what_it_could_not_send_for_the_next_process_on_the_host(
-    make_outbox,  # type: ignore[no-untyped-def]
+    make_outbox: MakeOutbox,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     collector = StandInCollector(port=free_port())
@@ -216,8 +223,8 @@ def test_shutdown_leaves_what_it_could_not_send_for_the_next_process_on_the_host
 
 
 def test_only_one_process_sends_a_file_and_the_others_records_go_with_it(
-    make_outbox, collector: StandInCollector
-) -> None:  # type: ignore[no-untyped-def]
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
     leader = make_outbox(collector.url)
     assert leader.flush(5)  # holds the sender lock from now on
     follower = make_outbox(collector.url)

@@ -156,7 +156,7 @@ class StandInCollector:
     def call(self, fn: Any) -> Any:
         """Run ``fn()`` on the server's loop (to read the store consistently)."""
         assert self._loop is not None
-        done: asyncio.Future[Any] = asyncio.run_coroutine_threadsafe(_wrap(fn), self._loop)
+        done = asyncio.run_coroutine_threadsafe(_wrap(fn), self._loop)
         return done.result(10)
 
 
