@@ -163,23 +163,14 @@ class CollectorSource:
     ) -> list[MeterRecord]:
         import aiohttp
 
-        query: dict[str, str] = {"limit": str(self.page_size)}
-        if since is not None:
-            query["since"] = _rfc3339(since)
-        if until is not None:
-            query["until"] = _rfc3339(until)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         out: list[MeterRecord] = []
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            body = await self._get(http, f"/v1/sessions?{urlencode(query)}")
-            sessions = body.get("sessions")
-            if not isinstance(sessions, list):
-                raise ReportError(f"{self.url}/v1/sessions did not answer a session list: is this a collector?")
-            for done, session in enumerate(sessions, 1):
-                session_id = str(session.get("session_id", ""))
+            sessions = await self._session_ids(http, since, until)
+            for done, session_id in enumerate(sessions, 1):
                 data = await self._get(http, f"/v1/sessions/{quote(session_id, safe='')}/records")
                 for item in data.get("records", []):
-                    item = {k: v for k, v in item.items() if k != "cost"}  # the API adds the price; we re-price
+                    item = {k: v for k, v in item.items() if k != "cost"}  # the API adds its price; we re-price
                     try:
                         record = MeterRecord.from_json(item)
                     except InvalidRecord as exc:
@@ -189,6 +180,29 @@ class CollectorSource:
                 if progress is not None:
                     progress(done, len(sessions))
         return out
+
+    async def _session_ids(self, http: Any, since: datetime | None, until: datetime | None) -> list[str]:
+        # The API answers at most page_size sessions, newest first: page backwards by start time.
+        # A page's oldest start is asked for again (ids deduplicated) so a tie at the boundary is not lost.
+        seen: dict[str, None] = {}
+        upper = until
+        for _ in range(100_000):
+            query: dict[str, str] = {"limit": str(self.page_size)}
+            if since is not None:
+                query["since"] = _rfc3339(since)
+            if upper is not None:
+                query["until"] = _rfc3339(upper)
+            body = await self._get(http, f"/v1/sessions?{urlencode(query)}")
+            page = body.get("sessions")
+            if not isinstance(page, list):
+                raise ReportError(f"{self.url}/v1/sessions did not answer a session list: is this a collector?")
+            fresh = [str(s["session_id"]) for s in page if str(s.get("session_id")) not in seen]
+            seen.update(dict.fromkeys(fresh))
+            if len(page) < self.page_size or not fresh:
+                break
+            oldest = min(datetime.fromisoformat(str(s["start"]).replace("Z", "+00:00")) for s in page)
+            upper = oldest + timedelta(milliseconds=1)
+        return list(seen)
 
     async def _get(self, http: Any, path: str) -> dict[str, Any]:
         import aiohttp
@@ -272,7 +286,7 @@ def _sqlite_path(url: str) -> str:
 
 
 def _rfc3339(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- the report -------------------------------------------------------------------------------------
