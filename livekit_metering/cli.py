@@ -67,6 +67,45 @@ def report(
 
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8790,
+    database: Annotated[
+        str, typer.Option(help="sqlite:///relative.db, sqlite:////abs/path.db or postgresql://user@host/db.")
+    ] = "sqlite:///metering.db",
+    keys: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="A TOML keys file: [keys.<API key>] secret, project (adds to LIVEKIT_API_KEY/SECRET)."),
+    ] = None,
+    prices_file: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--prices", help="A price TOML adding to or overriding the bundled prices."),
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body, as sent.")] = 8 * 1024 * 1024,
+    max_batch: Annotated[int, typer.Option(help="Most records per request.")] = 5000,
+    max_past_days: Annotated[int, typer.Option(help="Oldest record start accepted, in days.")] = 35,
+    max_future_seconds: Annotated[int, typer.Option(help="Latest record end accepted, in seconds ahead.")] = 300,
+) -> None:
+    """Run the collector: ingest signed records, LiveKit webhooks, query API, dashboard."""
+    from .collector.serve import ServeError, build_config, run_serve
+
+    try:
+        config = build_config(
+            database=database,
+            keys=keys,
+            prices=prices_file,
+            max_body_bytes=max_body_bytes,
+            max_batch=max_batch,
+            max_past_days=max_past_days,
+            max_future_seconds=max_future_seconds,
+        )
+    except ServeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    run_serve(config, host=host, port=port)
+
+
 def main() -> None:
     app()
 

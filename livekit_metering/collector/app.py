@@ -1,0 +1,266 @@
+"""The collector's aiohttp app: an app factory, typed AppKey state, resources opened in cleanup_ctx,
+and handlers that only translate HTTP into calls on :class:`Collector`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .auth import AuthError, KeyRing, Project
+from .config import Limits
+from .ingest import BadRequest, check_batch, inflate
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .openapi import openapi_spec
+from .pricing import Pricer
+from .queries import BadQuery, Queries
+from .store.base import Outcome, Store, open_store
+from .webhooks import Webhooks
+
+__all__ = ["COLLECTOR", "Collector", "CollectorConfig", "create_app"]
+
+log = logging.getLogger("livekit_metering.collector")
+
+
+@dataclass
+class CollectorConfig:
+    database: str = "metering.db"
+    keys: KeyRing = field(default_factory=KeyRing.from_env)
+    limits: Limits = field(default_factory=Limits)
+    prices: str | None = None  # a user price TOML; None: the bundled book
+    dashboard: Path | None = None  # None: the packaged dashboard directory
+
+
+class Collector:
+    """Everything the handlers call: ingest, webhooks, queries. Knows nothing of HTTP."""
+
+    def __init__(self, config: CollectorConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.keys = config.keys
+        self.limits = config.limits
+        self.metrics = Metrics()
+        self.queries = Queries(store, Pricer.bundled(config.prices), config.limits)
+        self.webhooks = Webhooks(store, config.keys)
+
+    async def ingest(self, project: str, body: bytes, encoding: str | None) -> list[dict[str, str]]:
+        checked = check_batch(inflate(body, encoding, self.limits), self.limits)
+        valid = [c.item for c in checked if c.item is not None]
+        outcomes = iter(await self.store.ingest(project, valid))
+        results: list[dict[str, str]] = []
+        for c in checked:
+            if c.item is None:
+                results.append({"id": c.id, "status": Outcome.REJECTED.value, "reason": c.reason})
+            else:
+                outcome = next(outcomes)
+                reason = _REASONS.get(outcome, "")
+                results.append({"id": c.id, "status": outcome.value, "reason": reason})
+        for r in results:
+            self.metrics.records.labels(r["status"]).inc()
+        return results
+
+
+_REASONS = {
+    Outcome.DUPLICATE: "already stored (an identical resend, or a stale checkpoint)",
+    Outcome.CONFLICT: "this id is stored, final, with a different payload",
+}
+
+COLLECTOR = web.AppKey("collector", Collector)
+CONFIG = web.AppKey("config", CollectorConfig)
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """Bad input becomes a 4xx with a message; only a bug becomes a 500 (and is logged)."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.monotonic()
+    collector = request.app.get(COLLECTOR)
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except AuthError as exc:
+        response = _error(401, str(exc))
+    except BadRequest as exc:
+        response = _error(exc.status, exc.message)
+    except BadQuery as exc:
+        response = _error(400, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        limit = collector.limits.max_body_bytes if collector else 0
+        response = _error(413, f"the body is larger than {limit} bytes; send smaller batches")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled error", extra={"route": route})
+        response = _error(500, "internal error; the collector logged it")
+    if collector is not None:
+        collector.metrics.latency.labels(route).observe(time.monotonic() - started)
+        collector.metrics.requests.labels(route, str(response.status)).inc()
+    return response
+
+
+def _collector(request: web.Request) -> Collector:
+    return request.app[COLLECTOR]
+
+
+def _query_project(request: web.Request) -> Project:
+    header = request.headers.get("Authorization") or request.query.get("token")
+    return _collector(request).keys.verify(header)
+
+
+async def post_records(request: web.Request) -> web.Response:
+    collector = _collector(request)
+    limit = collector.limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _error(413, f"the body is {request.content_length} bytes; the limit is {limit}, send smaller batches")
+    body = await request.read()
+    project = collector.keys.verify(request.headers.get("Authorization"), body)
+    started = time.monotonic()
+    try:
+        results = await collector.ingest(project.name, body, request.headers.get("Content-Encoding"))
+    except (BadRequest, AuthError):
+        raise
+    except Exception:
+        # The store failed (database down, disk full): nothing was acknowledged, the client retries.
+        log.exception("store error", extra={"project": project.name})
+        return _error(503, "the store is unavailable; retry later", **{"Retry-After": "1"})
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    log.info(
+        "ingest",
+        extra={
+            "project": project.name,
+            "records": len(results),
+            **counts,
+            "ms": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+    return web.json_response({"results": results})
+
+
+async def post_webhook(request: web.Request) -> web.Response:
+    collector = _collector(request)
+    body = await request.read()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _error(400, "the webhook body is not UTF-8 text")
+    result = await collector.webhooks.handle(text, request.headers.get("Authorization"))
+    collector.metrics.webhooks.labels(result.event or "unknown").inc()
+    if result.closed:
+        collector.metrics.closed_sessions.inc(len(result.closed))
+    return web.json_response(result.to_json())
+
+
+async def get_sessions(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    return web.json_response(await _collector(request).queries.sessions(project.name, request.query))
+
+
+async def get_session_records(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    sid = request.match_info["session_id"]
+    return web.json_response(await _collector(request).queries.session_records(project.name, sid))
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    return web.json_response(await _collector(request).queries.usage(project.name, request.query))
+
+
+async def get_invoice(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    return web.json_response(await _collector(request).queries.invoice(project.name, request.query))
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec(), dumps=lambda d: json.dumps(d, indent=1))
+
+
+async def get_healthz(request: web.Request) -> web.Response:
+    collector = _collector(request)
+    try:
+        await collector.store.count("__healthz__")
+    except Exception as exc:
+        return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body = _collector(request).metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _dashboard_dir(config: CollectorConfig) -> Path:
+    if config.dashboard is not None:
+        return config.dashboard
+    return Path(str(resources.files("livekit_metering.collector").joinpath("dashboard")))
+
+
+async def get_dashboard(request: web.Request) -> web.StreamResponse:
+    root = _dashboard_dir(request.app[CONFIG]).resolve()
+    name = request.match_info.get("path") or "index.html"
+    target = (root / name).resolve()
+    if root not in target.parents and target != root:
+        return _error(404, "not found")
+    if target.is_dir():
+        target = target / "index.html"
+    if not target.is_file():
+        return _error(404, f"no dashboard file {name!r}")
+    return web.FileResponse(target)
+
+
+async def dashboard_redirect(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/dashboard/")
+
+
+def create_app(config: CollectorConfig | None = None, *, store: Store | None = None) -> web.Application:
+    """The collector app. The store opens when the app starts and closes after in-flight requests finish."""
+    config = config or CollectorConfig()
+    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[_errors])
+    app[CONFIG] = config
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        the_store = store or open_store(config.database)
+        await the_store.open()
+        app[COLLECTOR] = Collector(config, the_store)
+        log.info("collector started", extra={"database": _redact(config.database), "projects": len(config.keys)})
+        try:
+            yield
+        finally:
+            await the_store.close()
+            log.info("collector stopped")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/records", post_records)
+    app.router.add_post("/v1/livekit/webhook", post_webhook)
+    app.router.add_get("/v1/sessions", get_sessions)
+    app.router.add_get("/v1/sessions/{session_id}/records", get_session_records)
+    app.router.add_get("/v1/usage", get_usage)
+    app.router.add_get("/v1/invoice", get_invoice)
+    app.router.add_get("/openapi.json", get_openapi)
+    app.router.add_get("/healthz", get_healthz)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/dashboard", dashboard_redirect)
+    app.router.add_get("/dashboard/{path:.*}", get_dashboard)
+    return app
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

@@ -1,0 +1,228 @@
+"""The collector's OpenAPI description (hand-written: the API is small and the contract is shared)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_spec"]
+
+_DEC = {"type": "string", "pattern": r"^\d+(\.\d+)?$", "description": "a decimal string"}
+_MONEY = {"type": ["string", "null"], "description": "USD as a decimal string; null when unpriced"}
+_ERROR = {
+    "description": "an error; the message says what is wrong and what to do",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_TIME_PARAM = {"schema": {"type": "string"}, "description": "RFC 3339 time or YYYY-MM-DD (UTC)"}
+
+
+def _q(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def openapi_spec() -> dict[str, Any]:
+    record = {
+        "type": "object",
+        "required": ["id", "session_id", "resource", "raw", "unit", "quantity", "policy", "start", "end"],
+        "properties": {
+            "id": {"type": "string", "maxLength": 256},
+            "session_id": {"type": "string", "maxLength": 256},
+            "room": {"type": "string"},
+            "room_sid": {"type": "string"},
+            "agent_name": {"type": "string"},
+            "worker_id": {"type": "string"},
+            "customer": {"type": "string"},
+            "resource": {"type": "string"},
+            "raw": {"type": "integer", "minimum": 0},
+            "unit": {
+                "type": "string",
+                "enum": ["minute", "second", "gb", "token", "character", "event", "number_month"],
+            },
+            "quantity": _DEC,
+            "policy": {"type": "string"},
+            "model": {"type": "string"},
+            "provider": {"type": "string"},
+            "language": {"type": "string"},
+            "start": {"type": "string", "format": "date-time"},
+            "end": {"type": "string", "format": "date-time"},
+            "status": {"type": "string", "enum": ["ok", "cancelled", "error", "estimated", "checkpoint"]},
+            "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+            "meta": {"type": "object"},
+        },
+        "additionalProperties": False,
+    }
+    jwt_param = _q("token", "the JWT, for browsers that cannot set Authorization (dashboard)")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "livekit-metering collector",
+            "version": "1",
+            "description": "Receives, stores, reconciles and answers LiveKit Agents meter records. "
+            "Every request is signed with a LiveKit access token (JWT) from an API key the collector knows; "
+            "the key decides the project all reads and writes are scoped to.",
+        },
+        "components": {
+            "securitySchemes": {
+                "livekitJwt": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "a livekit-api AccessToken(key, secret) JWT (optionally 'Bearer '); on "
+                    "POST /v1/records its sha256 claim is the base64 SHA-256 of the body bytes as sent",
+                }
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "MeterRecord": record,
+                "Result": {
+                    "type": "object",
+                    "required": ["id", "status"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "status": {"type": "string", "enum": ["accepted", "duplicate", "conflict", "rejected"]},
+                        "reason": {"type": "string"},
+                    },
+                },
+            },
+        },
+        "security": [{"livekitJwt": []}],
+        "paths": {
+            "/v1/records": {
+                "post": {
+                    "summary": "Ingest a batch of meter records (answered after a durable commit)",
+                    "parameters": [
+                        {
+                            "name": "Content-Encoding",
+                            "in": "header",
+                            "schema": {"type": "string", "enum": ["gzip", "identity"]},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["records"],
+                                    "properties": {
+                                        "records": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/MeterRecord"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "one result per record, in batch order",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "results": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Result"},
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _ERROR,
+                        "401": _ERROR,
+                        "413": _ERROR,
+                        "415": _ERROR,
+                        "503": _ERROR,
+                    },
+                }
+            },
+            "/v1/livekit/webhook": {
+                "post": {
+                    "summary": "LiveKit webhooks (closing events end crashed sessions)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/webhook+json": {"schema": {"type": "object"}}},
+                    },
+                    "responses": {"200": {"description": "processed (or a redelivery)"}, "401": _ERROR},
+                }
+            },
+            "/v1/sessions": {
+                "get": {
+                    "summary": "Sessions, newest first",
+                    "parameters": [
+                        {**_q("since", "sessions ending at or after"), **_TIME_PARAM},
+                        {**_q("until", "sessions starting before"), **_TIME_PARAM},
+                        _q("room", "room name"),
+                        _q("agent", "agent name"),
+                        _q("customer", "customer"),
+                        _q("limit", "at most this many (1-1000, default 100)", type="integer"),
+                        jwt_param,
+                    ],
+                    "responses": {"200": {"description": '{"sessions": [...]}'}, "400": _ERROR, "401": _ERROR},
+                }
+            },
+            "/v1/sessions/{session_id}/records": {
+                "get": {
+                    "summary": "A session's records, each with its cost",
+                    "parameters": [
+                        {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        jwt_param,
+                    ],
+                    "responses": {"200": {"description": '{"records": [...]}'}, "401": _ERROR},
+                }
+            },
+            "/v1/usage": {
+                "get": {
+                    "summary": "Usage and cost, grouped (whole UTC days; default: month to date)",
+                    "parameters": [
+                        {**_q("since", "from (rounded down to the day)"), **_TIME_PARAM},
+                        {**_q("until", "to (rounded up to the day)"), **_TIME_PARAM},
+                        _q(
+                            "group_by",
+                            "grouping",
+                            type="string",
+                            enum=["day", "agent", "room", "model", "customer", "resource"],
+                        ),
+                        jwt_param,
+                    ],
+                    "responses": {
+                        "200": {"description": '{"group_by", "rows", "total", "unpriced"}'},
+                        "400": _ERROR,
+                        "401": _ERROR,
+                    },
+                }
+            },
+            "/v1/invoice": {
+                "get": {
+                    "summary": "Invoice preview for a month and plan",
+                    "parameters": [
+                        _q("month", "YYYY-MM (default: this month)"),
+                        _q("plan", "plan", type="string", enum=["build", "ship", "scale"]),
+                        jwt_param,
+                    ],
+                    "responses": {"200": {"description": "the invoice JSON"}, "400": _ERROR, "401": _ERROR},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness and store check",
+                    "security": [],
+                    "responses": {"200": {"description": "ok"}},
+                }
+            },
+            "/metrics": {
+                "get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text"}}}
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "JSON"}}}
+            },
+        },
+    }

@@ -1,0 +1,57 @@
+"""The collector's view of pricing: a price per record, and an invoice from summed usage.
+
+Pricing lives in ``livekit_metering.pricing`` (PriceBook); this module is the one place the
+collector touches it. Prices are linear in quantity (``price_of`` does not round), so a summed
+roll-up row priced as one record costs exactly what its records cost one by one, as long as they
+fall under the same price row (summed rows are priced at the start of the period asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from ..pricing import PriceBook
+from ..records import MeterRecord
+from .store.base import UsageRow
+
+__all__ = ["PLANS", "Pricer", "aggregate_record"]
+
+PLANS = ("build", "ship", "scale")
+
+
+class Pricer:
+    def __init__(self, book: PriceBook) -> None:
+        self.book = book
+
+    @classmethod
+    def bundled(cls, path: str | None = None) -> Pricer:
+        return cls(PriceBook.load(path) if path else PriceBook.bundled())
+
+    def price_of(self, record: MeterRecord, plan: str = "ship") -> Decimal | None:
+        return self.book.price_of(record, plan=plan)
+
+    def invoice(self, rows: Sequence[UsageRow], plan: str, month: str) -> dict[str, Any]:
+        first = date.fromisoformat(f"{month}-01")
+        records = [aggregate_record(row, first) for row in rows]
+        return self.book.invoice(records, plan=plan, month=month).to_json()
+
+
+def aggregate_record(row: UsageRow, day: date) -> MeterRecord:
+    """A summed usage as one record, so sums are priced by the same code as single records."""
+    when = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return MeterRecord.model_construct(
+        id=f"sum/{row.key}/{row.resource.value}/{row.provider}/{row.model}",
+        session_id="sum",
+        resource=row.resource,
+        raw=row.raw,
+        unit=row.unit,
+        quantity=row.quantity,
+        policy="sum",
+        model=row.model,
+        provider=row.provider,
+        start=when,
+        end=when,
+    )

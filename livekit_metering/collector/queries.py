@@ -1,0 +1,178 @@
+"""The query API as plain methods: sessions, a session's records, usage and cost, invoice preview.
+
+Handlers only parse parameters into these calls; everything is scoped to one project.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from .config import Limits
+from .pricing import PLANS, Pricer, aggregate_record
+from .store.base import GROUPS, SessionFilter, Store, UsageRow
+
+__all__ = ["BadQuery", "Queries", "parse_time"]
+
+
+class BadQuery(ValueError):
+    """A query parameter is wrong (HTTP 400); the message names it and the accepted form."""
+
+
+def money(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+def parse_time(name: str, value: str | None) -> datetime | None:
+    """RFC 3339 time or a YYYY-MM-DD date (midnight UTC)."""
+    if value is None or value == "":
+        return None
+    text = value.strip().replace("Z", "+00:00").replace(" ", "+")
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            d = date.fromisoformat(text)
+            return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadQuery(f"{name}={value!r} is not a time: use RFC 3339 (2026-11-27T10:00:00Z) or a date") from None
+    if when.tzinfo is None:
+        raise BadQuery(f"{name}={value!r} has no UTC offset: add Z or +00:00")
+    return when.astimezone(timezone.utc)
+
+
+def _month_start(now: datetime) -> datetime:
+    return datetime(now.year, now.month, 1, tzinfo=timezone.utc)
+
+
+def _day_floor(when: datetime) -> date:
+    return when.astimezone(timezone.utc).date()
+
+
+def _day_ceil(when: datetime) -> date:
+    day = when.astimezone(timezone.utc)
+    floor = day.date()
+    midnight = datetime(floor.year, floor.month, floor.day, tzinfo=timezone.utc)
+    return floor if day == midnight else floor + timedelta(days=1)
+
+
+class Queries:
+    def __init__(self, store: Store, pricer: Pricer, limits: Limits) -> None:
+        self.store = store
+        self.pricer = pricer
+        self.limits = limits
+
+    async def sessions(self, project: str, params: Mapping[str, str], plan: str = "ship") -> dict[str, Any]:
+        limit = self._limit(params.get("limit"))
+        flt = SessionFilter(
+            since=parse_time("since", params.get("since")),
+            until=parse_time("until", params.get("until")),
+            room=params.get("room") or None,
+            agent=params.get("agent") or None,
+            customer=params.get("customer") or None,
+            limit=limit,
+        )
+        rows = await self.store.sessions(project, flt)
+        costs: dict[str, Decimal | None] = {row.session_id: Decimal(0) for row in rows}
+        for record in await self.store.session_records(project, [row.session_id for row in rows]):
+            price = self.pricer.price_of(record, plan)
+            so_far = costs.get(record.session_id)
+            costs[record.session_id] = None if price is None or so_far is None else so_far + price
+        out = []
+        for row in rows:
+            out.append(
+                {
+                    "session_id": row.session_id,
+                    "room": row.room,
+                    "room_sid": row.room_sid,
+                    "agent_name": row.agent_name,
+                    "customer": row.customer,
+                    "start": _iso(row.start),
+                    "end": _iso(row.end),
+                    "state": "closed" if row.closed else "open",
+                    "end_cause": row.end_cause,
+                    "billed_minutes": format(row.billed_minutes.normalize(), "f"),
+                    "cost": money(costs.get(row.session_id)),
+                    "records": row.records,
+                }
+            )
+        return {"sessions": out}
+
+    async def session_records(self, project: str, session_id: str, plan: str = "ship") -> dict[str, Any]:
+        records = await self.store.session_records(project, [session_id])
+        return {"records": [{**r.to_json(), "cost": money(self.pricer.price_of(r, plan))} for r in records]}
+
+    async def usage(self, project: str, params: Mapping[str, str], plan: str = "ship") -> dict[str, Any]:
+        group_by = params.get("group_by") or "resource"
+        if group_by not in GROUPS:
+            raise BadQuery(f"group_by={group_by!r} is not one of {sorted(GROUPS)}")
+        now = datetime.now(timezone.utc)
+        since = parse_time("since", params.get("since")) or _month_start(now)
+        until = parse_time("until", params.get("until")) or now
+        if until < since:
+            raise BadQuery("until is before since")
+        rows = await self.store.usage(project, _day_floor(since), _day_ceil(until), group_by)
+        return self.usage_json(group_by, rows, plan, _day_floor(since))
+
+    def usage_json(self, group_by: str, rows: list[UsageRow], plan: str, priced_at: date) -> dict[str, Any]:
+        # Rows are priced per (key, resource, unit, model) and shown per (key, resource, unit).
+        merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+        total = Decimal(0)
+        unpriced: set[str] = set()
+        for row in rows:
+            cost = self.pricer.price_of(aggregate_record(row, priced_at), plan) if row.billable else Decimal(0)
+            if cost is None:
+                unpriced.add(row.model or row.resource.value)
+            else:
+                total += cost
+            slot = merged.setdefault(
+                (row.key, row.resource.value, row.unit.value),
+                {"quantity": Decimal(0), "cost": Decimal(0)},
+            )
+            slot["quantity"] += row.quantity
+            slot["cost"] = None if cost is None or slot["cost"] is None else slot["cost"] + cost
+        return {
+            "group_by": group_by,
+            "rows": [
+                {
+                    "key": key,
+                    "resource": resource,
+                    "unit": unit,
+                    "quantity": format(slot["quantity"].normalize(), "f"),
+                    "cost": money(slot["cost"]),
+                }
+                for (key, resource, unit), slot in merged.items()
+            ],
+            "total": format(total, "f"),
+            "unpriced": sorted(unpriced),
+        }
+
+    async def invoice(self, project: str, params: Mapping[str, str]) -> dict[str, Any]:
+        now = datetime.now(timezone.utc)
+        month = params.get("month") or f"{now.year:04d}-{now.month:02d}"
+        plan = params.get("plan") or "ship"
+        if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+            raise BadQuery(f"month={month!r} must look like 2026-11")
+        if plan not in PLANS:
+            raise BadQuery(f"plan={plan!r} is not one of {list(PLANS)}")
+        first = date.fromisoformat(f"{month}-01")
+        after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+        rows = await self.store.usage(project, first, after, "resource")
+        return self.pricer.invoice(rows, plan, month)
+
+    def _limit(self, value: str | None) -> int:
+        if not value:
+            return 100
+        try:
+            limit = int(value)
+        except ValueError:
+            raise BadQuery(f"limit={value!r} must be an integer") from None
+        if not 1 <= limit <= self.limits.max_query_limit:
+            raise BadQuery(f"limit must be between 1 and {self.limits.max_query_limit}")
+        return limit
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

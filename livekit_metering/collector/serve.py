@@ -1,0 +1,67 @@
+"""``livekit-metering serve``: configuration from options and environment, then aiohttp's run_app.
+
+run_app handles SIGINT/SIGTERM gracefully: it stops accepting connections, lets in-flight requests
+finish (each is acknowledged only after its commit), then closes the store. Nothing acknowledged
+is lost, and nothing half-received was acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import CollectorConfig, create_app
+from .auth import KeyRing
+from .config import Limits
+from .logs import configure_logging
+
+__all__ = ["ServeError", "build_config", "run_serve"]
+
+log = logging.getLogger("livekit_metering.collector")
+
+
+class ServeError(Exception):
+    """The collector cannot start as configured; the message says what to set."""
+
+
+def build_config(
+    *,
+    database: str = "sqlite:///metering.db",
+    keys: str | None = None,
+    prices: str | None = None,
+    max_body_bytes: int | None = None,
+    max_batch: int | None = None,
+    max_past_days: int | None = None,
+    max_future_seconds: int | None = None,
+) -> CollectorConfig:
+    ring = KeyRing.from_env()
+    if keys:
+        try:
+            ring = ring.merged(KeyRing.load(keys))
+        except ValueError as exc:
+            raise ServeError(str(exc)) from None
+    if not len(ring):
+        raise ServeError(
+            "no API keys: set LIVEKIT_API_KEY and LIVEKIT_API_SECRET, or pass --keys keys.toml "
+            '([keys.<API key>] secret = "...", project = "...")'
+        )
+    defaults = Limits()
+    limits = Limits(
+        max_body_bytes=max_body_bytes or defaults.max_body_bytes,
+        max_inflated_bytes=max(defaults.max_inflated_bytes, 4 * (max_body_bytes or 0)),
+        max_batch=max_batch or defaults.max_batch,
+        max_past=timedelta(days=max_past_days) if max_past_days else defaults.max_past,
+        max_future=timedelta(seconds=max_future_seconds) if max_future_seconds else defaults.max_future,
+    )
+    if prices and not Path(prices).is_file():
+        raise ServeError(f"no price file at {prices}")
+    return CollectorConfig(database=database, keys=ring, limits=limits, prices=prices)
+
+
+def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8790) -> None:
+    configure_logging()
+    log.info("listening", extra={"host": host, "port": port})
+    web.run_app(create_app(config), host=host, port=port, shutdown_timeout=30, print=None, access_log=None)

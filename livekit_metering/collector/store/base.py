@@ -1,0 +1,269 @@
+"""The Store interface and the rules every store applies in the same way.
+
+A store keeps each record id once per project. What happens when an id arrives again is decided
+by one pure function, :func:`fold`, so SQLite and PostgreSQL cannot disagree about it:
+
+* a new id is stored (``accepted``);
+* an identical resend is a ``duplicate``;
+* a later checkpoint, or the final form, replaces a stored checkpoint (``accepted``);
+* a stale checkpoint (older than what is stored, or arriving after the final form) is a ``duplicate``;
+* a different final payload for an id whose stored form is final is a ``conflict``.
+
+Sessions closed from LiveKit webhooks (the agent crashed and never sent its final
+``agent_session`` record) get a final record marked ``by_webhook``. The agent's own final record
+supersedes a webhook close, and among webhook closes the earliest end wins (the session stops when
+the room ends or the agent leaves, whichever comes first). Both rules make the end state the same
+whatever order the deliveries come in, so totals are stable under redelivery and reordering.
+
+Roll-ups hold integer sums of *billable base units* (quantity x unit size: milliseconds, bytes,
+tokens, ...), which are exact, so month-to-date figures never go through floats.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from ...records import UNIT_SIZE, MeterRecord, Resource, Status, Unit
+
+__all__ = [
+    "GROUPS",
+    "Outcome",
+    "SessionFilter",
+    "SessionRow",
+    "Store",
+    "Stored",
+    "UsageRow",
+    "billable_of",
+    "fold",
+]
+
+
+class Outcome(str, Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A record as a store holds it: the record plus whether a webhook wrote it."""
+
+    record: MeterRecord
+    by_webhook: bool = False
+
+
+def _incoming_wins(stored: Stored, incoming: Stored) -> bool | None:
+    """True: replace; False: keep stored (stale resend); None: a conflict."""
+    old, new = stored.record, incoming.record
+    if new == old and stored.by_webhook == incoming.by_webhook:
+        return False
+    if incoming.by_webhook:
+        if not old.is_final:
+            return True
+        # Earliest webhook close wins; an agent's own final record is never replaced by a webhook.
+        return stored.by_webhook and new.end < old.end
+    if stored.by_webhook:
+        return new.is_final  # the agent's own final figure beats a webhook estimate; its checkpoints do not
+    if new.supersedes(old):
+        return True
+    if not new.is_final or not old.is_final:
+        return False  # a stale checkpoint
+    return None
+
+
+def fold(stored: Stored | None, incoming: Sequence[Stored]) -> tuple[list[Outcome], Stored | None]:
+    """Apply ``incoming`` (same id, in arrival order) to ``stored``; return each outcome and the end state."""
+    outcomes: list[Outcome] = []
+    current = stored
+    for item in incoming:
+        if current is None:
+            current = item
+            outcomes.append(Outcome.ACCEPTED)
+            continue
+        wins = _incoming_wins(current, item)
+        if wins is None:
+            outcomes.append(Outcome.CONFLICT)
+        elif wins:
+            current = item
+            outcomes.append(Outcome.ACCEPTED)
+        else:
+            outcomes.append(Outcome.DUPLICATE)
+    return outcomes, current
+
+
+def billable_of(record: MeterRecord) -> int:
+    """The billable amount in base units (exact: quantities are whole multiples of the increment)."""
+    return int(record.quantity * UNIT_SIZE[record.unit])
+
+
+def quantity_of(billable: int, unit: Unit | str) -> Decimal:
+    return Decimal(billable) / UNIT_SIZE[Unit(unit)]
+
+
+def epoch_ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def day_of(when: datetime) -> str:
+    return when.astimezone(timezone.utc).date().isoformat()
+
+
+# group_by name -> roll-up column ("room" is answered from the records themselves: room names are
+# usually unique per call, so rolling them up would not make anything faster).
+GROUPS: dict[str, str] = {
+    "day": "day",
+    "agent": "agent_name",
+    "model": "model",
+    "customer": "customer",
+    "resource": "resource",
+    "room": "room",
+}
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Summed billable base units for one group key, resource, unit and model."""
+
+    key: str
+    resource: Resource
+    unit: Unit
+    model: str
+    provider: str
+    billable: int
+    raw: int
+    records: int
+
+    @property
+    def quantity(self) -> Decimal:
+        return quantity_of(self.billable, self.unit)
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    room: str | None = None
+    agent: str | None = None
+    customer: str | None = None
+    limit: int = 100
+
+
+@dataclass
+class SessionRow:
+    session_id: str
+    room: str
+    room_sid: str
+    agent_name: str
+    customer: str
+    start: datetime
+    end: datetime
+    closed: bool
+    end_cause: str
+    agent_billable: int
+    agent_unit: str
+    records: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def billed_minutes(self) -> Decimal:
+        if not self.agent_unit:
+            return Decimal(0)
+        return Decimal(self.agent_billable) / UNIT_SIZE[Unit.MINUTE]
+
+
+def session_fields(record: MeterRecord) -> dict[str, Any]:
+    """What one stored record says about its session (the agent_session record decides state)."""
+    out: dict[str, Any] = {}
+    if record.resource is Resource.AGENT_SESSION:
+        out["closed"] = record.is_final
+        cause = record.meta.get("closed_by") or record.meta.get("end_cause") or record.meta.get("reason") or ""
+        out["end_cause"] = str(cause) if record.is_final else ""
+        out["agent_billable"] = billable_of(record)
+        out["agent_unit"] = record.unit.value
+    return out
+
+
+class Store(abc.ABC):
+    """Durable record storage for the collector. Every method is scoped to one project."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and run schema migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ingest(self, project: str, items: Sequence[Stored]) -> list[Outcome]:
+        """Store a batch in one durable transaction; return one outcome per item, in order."""
+
+    @abc.abstractmethod
+    async def open_agent_sessions(
+        self, project: str, *, session_id: str | None = None, room_sid: str | None = None, room: str | None = None
+    ) -> list[Stored]:
+        """``agent_session`` records a webhook may still close: checkpoints (open sessions) and earlier
+        webhook closes (a webhook reporting an earlier end replaces them), matching every given filter."""
+
+    @abc.abstractmethod
+    async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
+        """Remember a webhook id; False when it was seen before."""
+
+    @abc.abstractmethod
+    async def sessions(self, project: str, flt: SessionFilter) -> list[SessionRow]: ...
+
+    @abc.abstractmethod
+    async def session_records(self, project: str, session_ids: Sequence[str]) -> list[MeterRecord]: ...
+
+    @abc.abstractmethod
+    async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
+        """Summed usage for days ``since`` <= day < ``until`` (UTC), grouped."""
+
+    @abc.abstractmethod
+    async def count(self, project: str) -> int:
+        """How many records (ids) the project has."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def rollup_key(record: MeterRecord) -> tuple[str, str, str, str, str, str, str]:
+    return (
+        day_of(record.start),
+        record.resource.value,
+        record.unit.value,
+        record.model,
+        record.agent_name,
+        record.customer,
+        record.provider,
+    )
+
+
+def open_store(url: str) -> Store:
+    """A store for a database URL: ``sqlite:///path``, a plain path, or ``postgresql://...``."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    from .sqlite import SqliteStore
+
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
+    return SqliteStore(path or "metering.db")
+
+
+def status_is_checkpoint(record: MeterRecord) -> bool:
+    return record.status is Status.CHECKPOINT

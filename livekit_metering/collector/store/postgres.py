@@ -1,0 +1,223 @@
+"""PostgreSQL store (asyncpg). Several collector processes may share one database.
+
+Concurrency: each batch runs in one transaction that locks the stored rows of its ids
+(``SELECT ... FOR UPDATE``, in id order) and inserts new ids with ``INSERT ... ON CONFLICT DO
+NOTHING RETURNING id``. When another process inserted one of those ids first, fewer rows come back:
+the transaction rolls back and runs again, now seeing (and locking) the other process's rows. So
+two processes receiving the same batch at the same time store it once and roll it up once.
+Deadlocks between overlapping batches are retried the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import asyncpg
+
+from ...records import MeterRecord
+from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow
+from .batch import plan_batch
+from .sqlite import record_row, session_query, session_row, usage_query, usage_row
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("livekit_metering.collector")
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE records (
+        project TEXT NOT NULL, id TEXT NOT NULL, session_id TEXT NOT NULL,
+        resource TEXT NOT NULL, unit TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
+        agent_name TEXT NOT NULL, customer TEXT NOT NULL, room TEXT NOT NULL, room_sid TEXT NOT NULL,
+        status TEXT NOT NULL, start_ms BIGINT NOT NULL, end_ms BIGINT NOT NULL, day TEXT NOT NULL,
+        billable BIGINT NOT NULL, raw BIGINT NOT NULL, by_webhook INTEGER NOT NULL, body TEXT NOT NULL,
+        PRIMARY KEY (project, id)
+    );
+    CREATE INDEX records_session ON records (project, session_id);
+    CREATE INDEX records_start ON records (project, start_ms);
+    CREATE INDEX records_open ON records (project, room_sid)
+        WHERE resource = 'agent_session' AND (status = 'checkpoint' OR by_webhook = 1);
+    CREATE TABLE rollup (
+        project TEXT NOT NULL, day TEXT NOT NULL, resource TEXT NOT NULL, unit TEXT NOT NULL,
+        model TEXT NOT NULL, agent_name TEXT NOT NULL, customer TEXT NOT NULL, provider TEXT NOT NULL,
+        billable BIGINT NOT NULL, raw BIGINT NOT NULL, records BIGINT NOT NULL,
+        PRIMARY KEY (project, day, resource, unit, model, agent_name, customer, provider)
+    );
+    CREATE TABLE sessions (
+        project TEXT NOT NULL, session_id TEXT NOT NULL, room TEXT NOT NULL, room_sid TEXT NOT NULL,
+        agent_name TEXT NOT NULL, customer TEXT NOT NULL, start_ms BIGINT NOT NULL, end_ms BIGINT NOT NULL,
+        records BIGINT NOT NULL, has_agent BOOLEAN NOT NULL, closed BOOLEAN NOT NULL, end_cause TEXT NOT NULL,
+        agent_billable BIGINT NOT NULL, agent_unit TEXT NOT NULL,
+        PRIMARY KEY (project, session_id)
+    );
+    CREATE INDEX sessions_start ON sessions (project, start_ms);
+    CREATE TABLE webhooks (
+        project TEXT NOT NULL, id TEXT NOT NULL, event TEXT NOT NULL, received_ms BIGINT NOT NULL,
+        PRIMARY KEY (project, id)
+    );
+    """,
+]
+
+_RECORD_TYPES = [
+    "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
+    "text", "bigint", "bigint", "text", "bigint", "bigint", "integer", "text",
+]  # fmt: skip
+_RECORD_COLS = (
+    "project, id, session_id, resource, unit, model, provider, agent_name, customer, room, room_sid, "
+    "status, start_ms, end_ms, day, billable, raw, by_webhook, body"
+)
+_INSERT = (
+    f"INSERT INTO records ({_RECORD_COLS}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_RECORD_TYPES))
+    + ") ON CONFLICT DO NOTHING RETURNING id"
+)
+_UPDATE = (
+    "UPDATE records SET session_id=$3, resource=$4, unit=$5, model=$6, provider=$7, agent_name=$8, customer=$9,"
+    " room=$10, room_sid=$11, status=$12, start_ms=$13, end_ms=$14, day=$15, billable=$16, raw=$17,"
+    " by_webhook=$18, body=$19 WHERE project=$1 AND id=$2"
+)
+_ROLLUP = (
+    "INSERT INTO rollup AS r VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
+    " ON CONFLICT (project, day, resource, unit, model, agent_name, customer, provider) DO UPDATE SET"
+    " billable = r.billable + excluded.billable, raw = r.raw + excluded.raw, records = r.records + excluded.records"
+)
+_SESSION = """
+INSERT INTO sessions AS s VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)
+ON CONFLICT (project, session_id) DO UPDATE SET
+    room = CASE WHEN s.room = '' THEN excluded.room ELSE s.room END,
+    room_sid = CASE WHEN s.room_sid = '' THEN excluded.room_sid ELSE s.room_sid END,
+    agent_name = CASE WHEN s.agent_name = '' THEN excluded.agent_name ELSE s.agent_name END,
+    customer = CASE WHEN s.customer = '' THEN excluded.customer ELSE s.customer END,
+    start_ms = LEAST(s.start_ms, excluded.start_ms),
+    end_ms = GREATEST(s.end_ms, excluded.end_ms),
+    records = s.records + excluded.records,
+    has_agent = s.has_agent OR excluded.has_agent,
+    closed = CASE WHEN excluded.has_agent THEN excluded.closed ELSE s.closed END,
+    end_cause = CASE WHEN excluded.has_agent THEN excluded.end_cause ELSE s.end_cause END,
+    agent_billable = CASE WHEN excluded.has_agent THEN excluded.agent_billable ELSE s.agent_billable END,
+    agent_unit = CASE WHEN excluded.has_agent THEN excluded.agent_unit ELSE s.agent_unit END
+"""
+_MIGRATION_LOCK = 7_242_019_001  # pg_advisory_xact_lock key: one process migrates at a time
+_ATTEMPTS = 20
+
+
+class _Raced(Exception):
+    """Another transaction inserted one of our ids first: run the batch again."""
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8) -> None:
+        self.url = url
+        self._min, self._max = min_size, max_size
+        self._pool: Any = None
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("the store is not open; use `async with store:` or await store.open()")
+        return self._pool
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(self.url, min_size=self._min, max_size=self._max)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    await conn.execute(script)
+                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ingest(self, project: str, items: Sequence[Stored]) -> list[Outcome]:
+        if not items:
+            return []
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    return await self._ingest_tx(conn, project, items)
+            except (_Raced, asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                log.debug("ingest retry", extra={"attempt": attempt + 1, "why": type(exc).__name__})
+        raise RuntimeError(f"ingest did not settle after {_ATTEMPTS} attempts (heavy contention)")
+
+    async def _ingest_tx(self, conn: Any, project: str, items: Sequence[Stored]) -> list[Outcome]:
+        ids = sorted({item.record.id for item in items})
+        existing = {
+            rid: Stored(MeterRecord.model_validate_json(body), bool(hook))
+            for rid, body, hook in await conn.fetch(
+                "SELECT id, body, by_webhook FROM records WHERE project = $1 AND id = ANY($2::text[])"
+                " ORDER BY id FOR UPDATE",
+                project,
+                ids,
+            )
+        }
+        plan = plan_batch(items, existing)
+        if plan.inserts:
+            rows = sorted((record_row(project, item) for item in plan.inserts), key=lambda r: r[1])
+            columns = [list(col) for col in zip(*rows, strict=True)]
+            inserted = await conn.fetch(_INSERT, *columns)
+            if len(inserted) != len(rows):
+                raise _Raced()
+        if plan.updates:
+            await conn.executemany(_UPDATE, [record_row(project, item) for item in plan.updates])
+        if plan.rollups:
+            await conn.executemany(_ROLLUP, plan.rollup_rows(project))
+        if plan.sessions:
+            await conn.executemany(_SESSION, plan.session_rows(project))
+        return plan.outcomes
+
+    async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
+        import time
+
+        row = await self.pool.fetchrow(
+            "INSERT INTO webhooks VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING RETURNING id",
+            project,
+            event_id,
+            event,
+            int(time.time() * 1000),
+        )
+        return row is not None
+
+    async def open_agent_sessions(
+        self, project: str, *, session_id: str | None = None, room_sid: str | None = None, room: str | None = None
+    ) -> list[Stored]:
+        sql = (
+            "SELECT body, by_webhook FROM records WHERE project = $1 AND resource = 'agent_session'"
+            " AND (status = 'checkpoint' OR by_webhook = 1)"
+        )
+        args: list[Any] = [project]
+        for col, value in (("session_id", session_id), ("room_sid", room_sid), ("room", room)):
+            if value is not None:
+                args.append(value)
+                sql += f" AND {col} = ${len(args)}"
+        rows = await self.pool.fetch(sql, *args)
+        return [Stored(MeterRecord.model_validate_json(body), bool(hook)) for body, hook in rows]
+
+    async def sessions(self, project: str, flt: SessionFilter) -> list[SessionRow]:
+        sql, args = session_query(project, flt, "$")
+        return [session_row(tuple(row)) for row in await self.pool.fetch(sql, *args)]
+
+    async def session_records(self, project: str, session_ids: Sequence[str]) -> list[MeterRecord]:
+        if not session_ids:
+            return []
+        rows = await self.pool.fetch(
+            "SELECT body FROM records WHERE project = $1 AND session_id = ANY($2::text[])"
+            " ORDER BY session_id, start_ms, id",
+            project,
+            list(session_ids),
+        )
+        return [MeterRecord.model_validate_json(row[0]) for row in rows]
+
+    async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
+        sql, args = usage_query(project, since, until, group_by, "$")
+        return [usage_row(tuple(row)) for row in await self.pool.fetch(sql, *args)]
+
+    async def count(self, project: str) -> int:
+        return int(await self.pool.fetchval("SELECT COUNT(*) FROM records WHERE project = $1", project))
