@@ -10,6 +10,7 @@ FakeUtteranceSTT streaming STT that hears one utterance, then silence (for the v
 FakeTTS          streaming or chunked TTS producing silence proportional to the text
 FakeVAD          every frame is speech; flush() ends the utterance
 FakeAudioInput / FakeAudioOutput   real-time paced microphone and instant speaker
+MemoryExporter / RaisingExporter   a record sink that keeps everything, and one that always fails
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ __all__ = [
     "FakeTTS",
     "FakeUtteranceSTT",
     "FakeVAD",
+    "MemoryExporter",
+    "RaisingExporter",
     "silence",
 ]
 
@@ -456,3 +459,31 @@ class FakeAudioOutput(_io.AudioOutput):
     def clear_buffer(self) -> None:
         seg, self._seg = self._seg, 0.0
         asyncio.get_event_loop().call_soon(lambda: self.on_playback_finished(playback_position=seg, interrupted=True))
+
+
+# --------------------------------------------------------------------------------------- exporters
+class MemoryExporter:
+    """Keeps every exported record, in order (checkpoints included)."""
+
+    def __init__(self) -> None:
+        self.exported: list[Any] = []
+
+    def export(self, batch: Any) -> None:
+        self.exported.extend(batch)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class RaisingExporter:
+    """An exporter whose sink is broken: every export raises."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def export(self, batch: Any) -> None:
+        self.calls += 1
+        raise OSError("disk full")
+
+    def shutdown(self) -> None:
+        pass
