@@ -1,0 +1,150 @@
+"""Helpers for the collector tests: record factories, a fresh PostgreSQL database per module,
+and signed HTTP calls against a real collector on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from livekit_metering.collector.store.base import billable_of
+from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, sign
+from livekit_metering.rates import get_policy
+from livekit_metering.records import MeterRecord, Resource, Status
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
+POLICY = get_policy()
+
+
+def rec(
+    sid: str = "AJ_1",
+    usage: str = "llm-1",
+    resource: Resource = Resource.LLM_INPUT,
+    raw: int = 100,
+    *,
+    start: datetime | None = None,
+    seconds: float = 0,
+    status: Status = Status.OK,
+    policy: str | None = None,
+    **fields: Any,
+) -> MeterRecord:
+    start = start or NOW
+    p = get_policy(policy)
+    return p.record(
+        id=f"{sid}/{usage}/{resource.value}",
+        session_id=sid,
+        resource=resource,
+        raw=raw,
+        start=start,
+        end=start + timedelta(seconds=seconds),
+        status=status,
+        **fields,
+    )
+
+
+def session_cp(sid: str, ms: int, *, status: Status = Status.CHECKPOINT, **fields: Any) -> MeterRecord:
+    fields.setdefault("room", f"room-{sid}")
+    fields.setdefault("room_sid", f"RM_{sid}")
+    fields.setdefault("agent_name", "agent")
+    return rec(sid, "session", Resource.AGENT_SESSION, ms, seconds=ms / 1000, status=status, **fields)
+
+
+def oracle(records: Iterable[MeterRecord]) -> dict[str, int]:
+    """Billable base units per resource after each id's latest form wins (what the store must report)."""
+    latest: dict[str, MeterRecord] = {}
+    for r in records:
+        stored = latest.get(r.id)
+        if stored is None or r.supersedes(stored):
+            latest[r.id] = r
+    out: dict[str, int] = defaultdict(int)
+    for r in latest.values():
+        out[r.resource.value] += billable_of(r)
+    return dict(out)
+
+
+def body_of(records: Iterable[MeterRecord | dict[str, Any]], *, gz: bool = False) -> bytes:
+    items = [r if isinstance(r, dict) else r.to_json() for r in records]
+    raw = json.dumps({"records": items}).encode()
+    return gzip.compress(raw) if gz else raw
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    *,
+    key: str = TEST_KEY,
+    secret: str = TEST_SECRET,
+    gz: bool = False,
+    auth: str | None = None,
+) -> tuple[int, Any]:
+    headers = {"Authorization": auth if auth is not None else sign(body, key=key, secret=secret)}
+    if gz:
+        headers["Content-Encoding"] = "gzip"
+    async with session.post(f"{url}/v1/records", data=body, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def get(
+    session: aiohttp.ClientSession, url: str, path: str, *, key: str = TEST_KEY, secret: str = TEST_SECRET
+) -> tuple[int, Any]:
+    async with session.get(f"{url}{path}", headers={"Authorization": sign(key=key, secret=secret)}) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def usage_totals(session: aiohttp.ClientSession, url: str, **kw: Any) -> dict[str, Decimal]:
+    since = (NOW - timedelta(days=30)).date().isoformat()
+    until = (NOW + timedelta(days=2)).date().isoformat()
+    status, doc = await get(session, url, f"/v1/usage?group_by=resource&since={since}&until={until}", **kw)
+    assert status == 200, doc
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    for row in doc["rows"]:
+        out[row["resource"]] += Decimal(row["quantity"])
+    return dict(out)
+
+
+def as_quantities(billable: dict[str, int]) -> dict[str, Decimal]:
+    from livekit_metering.records import UNIT_SIZE
+
+    units = {r.value: POLICY.rule(r).unit for r in Resource}
+    return {k: Decimal(v) / UNIT_SIZE[units[k]] for k, v in billable.items() if v}
+
+
+@contextmanager
+def fresh_pg_database(pg_url: str) -> Iterator[str]:
+    """A new empty database on the test server, dropped afterwards."""
+    name = f"lm_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield pg_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def reset_pg(url: str) -> None:
+    """Empty every collector table (between tests sharing one module database)."""
+    conn = await asyncpg.connect(url)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('records') IS NOT NULL")
+        if exists:
+            await conn.execute("TRUNCATE records, rollup, sessions, webhooks")
+    finally:
+        await conn.close()
