@@ -1,0 +1,175 @@
+"""The cost of one session, summed from its records, and the one log line that shows it.
+
+``summarize`` is a pure function of the records (plus a price book); ``log_summary`` writes one
+INFO line on the ``livekit_metering`` logger in key=value form, readable by people and parsable by
+log tools, with the full summary attached as ``extra={"livekit_metering": {...}}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from .records import UNIT_SIZE, MeterRecord, Resource, Unit
+
+__all__ = ["SessionSummary", "cost_line", "log_summary", "summarize"]
+
+logger = logging.getLogger("livekit_metering")
+
+Money = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
+_MINUTE_MS = UNIT_SIZE[Unit.MINUTE]
+
+
+class SessionSummary(BaseModel):
+    """What one finished session used and cost.
+
+    ``cost`` is the cost of the priced parts; ``unpriced`` lists the models the price book does not
+    know (never counted as $0). ``cost`` is None when no price book could be used at all.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    room: str = ""
+    agent_name: str = ""
+    customer: str = ""
+    end_cause: str | None = None
+    connected: bool = False
+    duration_ms: int = 0
+    billed_minutes: Money = Decimal(0)
+    stt_seconds: Money = Decimal(0)
+    llm_input_tokens: int = 0  # uncached
+    llm_cached_tokens: int = 0
+    llm_output_tokens: int = 0
+    tts_characters: int = 0
+    cost: Money | None = None
+    unpriced: list[str] = Field(default_factory=list)
+    plan: str = "ship"
+    price_date: str | None = None
+
+    @property
+    def duration_seconds(self) -> Decimal:
+        return Decimal(self.duration_ms) / 1000
+
+
+def summarize(
+    records: Iterable[MeterRecord],
+    *,
+    session_id: str,
+    plan: str = "ship",
+    prices: str | Path | None = None,
+    price: bool = True,
+) -> SessionSummary:
+    """Sum a session's records (latest form of each usage) and price them with the price book."""
+    records = list(records)
+    fields: dict[str, Any] = {"session_id": session_id, "plan": plan}
+    billed_ms = 0
+    stt_ms = 0
+    for record in records:
+        fields.setdefault("room", record.room)
+        fields.setdefault("agent_name", record.agent_name)
+        if record.customer:
+            fields["customer"] = record.customer
+        billable_ms = int(record.quantity * UNIT_SIZE[record.unit]) if record.unit in (Unit.MINUTE, Unit.SECOND) else 0
+        if record.resource is Resource.AGENT_SESSION:
+            fields["connected"] = True
+            fields["duration_ms"] = fields.get("duration_ms", 0) + record.raw
+            billed_ms += billable_ms
+            cause = record.meta.get("end_cause")
+            if isinstance(cause, str):
+                fields["end_cause"] = cause
+        elif record.resource is Resource.STT:
+            stt_ms += billable_ms
+        elif record.resource is Resource.LLM_INPUT:
+            fields["llm_input_tokens"] = fields.get("llm_input_tokens", 0) + record.raw
+        elif record.resource is Resource.LLM_INPUT_CACHED:
+            fields["llm_cached_tokens"] = fields.get("llm_cached_tokens", 0) + record.raw
+        elif record.resource is Resource.LLM_OUTPUT:
+            fields["llm_output_tokens"] = fields.get("llm_output_tokens", 0) + record.raw
+        elif record.resource is Resource.TTS:
+            fields["tts_characters"] = fields.get("tts_characters", 0) + record.raw
+    fields["billed_minutes"] = _exact_or_rounded(Decimal(billed_ms) / _MINUTE_MS)
+    fields["stt_seconds"] = Decimal(stt_ms) / 1000
+    if price:
+        fields.update(_price(records, plan=plan, prices=prices))
+    return SessionSummary(**fields)
+
+
+def _exact_or_rounded(value: Decimal) -> Decimal:
+    # Minute policies give whole minutes; per-second policies give fractions like 70/60, shown to 0.001 min.
+    rounded = value.quantize(Decimal("0.001"))
+    return value.normalize() if rounded == value else rounded
+
+
+@functools.lru_cache(maxsize=8)
+def _price_book(prices: str | None) -> Any:
+    # Loaded once per process and path: it is read-only data, shared safely between jobs.
+    from .pricing import PriceBook  # pricing is optional at import time: the log line works without it
+
+    return PriceBook.load(prices) if prices else PriceBook.bundled()
+
+
+def _price(records: list[MeterRecord], *, plan: str, prices: str | Path | None) -> dict[str, Any]:
+    try:
+        book = _price_book(str(prices) if prices else None)
+        report = book.cost(records, plan=plan)
+    except Exception as exc:
+        logger.warning("livekit-metering could not price the session (%s: %s)", type(exc).__name__, exc)
+        return {}
+    price_date = getattr(book, "price_date", None) or getattr(report, "price_date", None)
+    return {
+        "cost": Decimal(report.total),
+        "unpriced": sorted(str(model) for model in getattr(report, "unpriced", []) or []),
+        "price_date": str(price_date) if price_date else None,
+    }
+
+
+def _money(value: Decimal) -> str:
+    # Small model costs matter (fractions of a cent), so keep six places, but no trailing noise.
+    text = format(value.quantize(Decimal("0.000001")).normalize(), "f")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
+def cost_line(summary: SessionSummary) -> str:
+    """The readable key=value line for one session."""
+    parts = [f"session {summary.session_id}"]
+    if summary.room:
+        parts.append(f"room={summary.room}")
+    if summary.agent_name:
+        parts.append(f"agent={summary.agent_name}")
+    if summary.customer:
+        parts.append(f"customer={summary.customer}")
+    if summary.connected:
+        parts.append(f"ended={summary.end_cause or 'open'}")
+        parts.append(f"duration={format(summary.duration_seconds, 'f')}s")
+    else:
+        parts.append("connected=no")
+    parts += [
+        f"billed_minutes={format(summary.billed_minutes, 'f')}",
+        f"stt_seconds={format(summary.stt_seconds.normalize(), 'f')}",
+        f"llm_tokens_in={summary.llm_input_tokens}",
+        f"llm_tokens_cached={summary.llm_cached_tokens}",
+        f"llm_tokens_out={summary.llm_output_tokens}",
+        f"tts_chars={summary.tts_characters}",
+    ]
+    parts.append(f"cost={_money(summary.cost)}" if summary.cost is not None else "cost=unknown")
+    if summary.unpriced:
+        parts.append(f"unpriced={','.join(summary.unpriced)}")
+    parts.append(f"plan={summary.plan}")
+    parts.append(f"prices={summary.price_date or 'unknown'}")
+    return " ".join(parts)
+
+
+def log_summary(summary: SessionSummary) -> None:
+    logger.info(
+        "%s",
+        cost_line(summary),
+        extra={"livekit_metering": summary.model_dump(mode="json")},
+    )

@@ -1,0 +1,1 @@
+"""Offline harnesses for driving livekit-agents' real job runner and worker in tests."""
