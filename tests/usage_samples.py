@@ -88,3 +88,34 @@ def month_of_sessions(month_start: datetime, *, unpriced: bool = True) -> list[M
 def this_month() -> datetime:
     now = datetime.now(timezone.utc)
     return datetime(now.year, now.month, 1, tzinfo=timezone.utc)
+
+
+def spread_sessions(lo: datetime, hi: datetime, count: int, *, open_last: bool = True) -> list[MeterRecord]:
+    """``count`` sessions with start times spread between ``lo`` and ``hi`` (busier mid-week, varied lengths).
+
+    With ``open_last`` the newest session is still running: its agent-session record is a checkpoint.
+    """
+    span = (hi - lo).total_seconds() - 900
+    assert span > 0, "the window must leave room for a 15-minute session"
+    customers = ("acme", "globex", "initech", "umbrella")
+    records: list[MeterRecord] = []
+    for i in range(count):
+        # A deterministic, irregular spread: golden-ratio steps over the window.
+        start = lo + timedelta(seconds=int(span * ((i * 0.618034) % 1.0)))
+        last = i == count - 1
+        if last and open_last:
+            start = lo + timedelta(seconds=int(span))
+        session = session_records(
+            f"AJ_{i:03d}{'live' if last and open_last else 'done'}",
+            start,
+            seconds=40 + (i * 137) % 780,
+            room=f"call-{i:03d}",
+            agent=("support", "sales", "support", "booking")[i % 4],
+            customer=customers[(i * 7) % 4],
+            llm_model=UNPRICED_MODEL if i == 5 else LLM_MODEL,
+            checkpoint=last and open_last,
+        )
+        if last and open_last:
+            session = [r for r in session if r.is_final and r.resource is not Resource.AGENT_SESSION] + [session[0]]
+        records += session
+    return records

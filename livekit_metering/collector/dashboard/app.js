@@ -133,7 +133,7 @@ function svg(tag, attrs = {}, ...children) {
 }
 
 const label = (resource) => RESOURCE_LABELS[resource] || resource;
-const modelLabel = (key) => (!key || key === "(none)" ? "No model (platform)" : key);
+const modelLabel = (key) => (!key || key === "(none)" ? "Platform (no model)" : key);
 const colorOf = (resource) => {
   if (RESOURCE_COLORS[resource]) return RESOURCE_COLORS[resource];
   const i = RESOURCE_ORDER.indexOf(resource);
@@ -197,7 +197,7 @@ function renderDayChart(usage, days) {
   const resources = [...new Set(usage.rows.filter((r) => r.cost !== null).map((r) => r.resource))].sort(
     (a, b) => resourceRank(a) - resourceRank(b),
   );
-  const W = 860, H = 250, left = 64, right = 12, top = 14, bottom = 30;
+  const W = 860, H = 300, left = 64, right = 12, top = 14, bottom = 30;
   const max = Math.max(0, ...days.map((d) => asNumber(totals.get(d)?.total)));
   const step = niceStep(max / 4 || 1);
   const ceiling = Math.max(step * 4, step * Math.ceil(max / step));
@@ -268,10 +268,16 @@ function renderBars(container, usage, labelOf) {
         { class: "bar", "data-key": key },
         el("div", { class: "name", title: key }, labelOf(key)),
         el("div", { class: "track" }, bar),
-        el("div", { class: "amount" }, usd(entry.total) + (entry.unpriced ? " +" : "")),
+        el("div", { class: "amount" + (entry.unpriced ? " unpriced" : "") }, amountText(entry)),
       );
     }),
   );
+}
+
+// A group whose usage is partly or wholly unpriced says so: unknown models are never shown as $0.
+function amountText(entry) {
+  if (!entry.unpriced) return usd(entry.total);
+  return entry.costs.length ? `${usd(entry.total)} + unpriced` : "unpriced";
 }
 
 function renderSessions(sessions, onPick) {
@@ -361,26 +367,36 @@ async function showSession(session, row) {
   }
 }
 
+function invoiceQuantity(text, unit) {
+  if (text === null || text === undefined || text === "") return "";
+  if (unit === "usd") return usd(text);
+  return `${qty(text)} ${unitText(text, unit)}`;
+}
+
 function renderInvoice(invoice) {
   const body = $("#invoice tbody");
   const lines = invoice.lines || [];
   body.replaceChildren(
     ...lines.map((l) => {
-      const unitPrice = l.unit_price ? `${usd(l.unit_price)} / ${l.unit}` : "";
+      const per = l.per || l.unit;
+      const unitPrice = l.unit_price !== null && l.unit_price !== undefined && l.unit_price !== "" ? `${usd(l.unit_price)} / ${per}` : "";
+      const amount = l.amount === null || l.amount === undefined ? "unpriced" : usd(l.amount);
       return el(
         "tr",
-        { "data-resource": l.resource, "data-model": l.model || "" },
-        el("td", {}, l.description || label(l.resource), l.model ? el("span", { class: "sub" }, " " + l.model) : ""),
-        el("td", { class: "num" }, qty(l.quantity)),
-        el("td", { class: "num" }, qty(l.included)),
-        el("td", { class: "num" }, qty(l.billable)),
+        { "data-resource": l.resource, "data-model": l.model || "", class: l.amount === null ? "unpriced" : null },
+        el("td", { class: "item" }, l.description || label(l.resource)),
+        el("td", { class: "num" }, invoiceQuantity(l.quantity, l.unit)),
+        /^0*\.?0*$/.test(String(l.included ?? ""))
+          ? el("td", { class: "num nil" }, "—")
+          : el("td", { class: "num" }, invoiceQuantity(l.included, l.unit)),
+        el("td", { class: "num" }, invoiceQuantity(l.billable, l.unit)),
         el("td", { class: "num small" }, unitPrice),
-        el("td", { class: "num", "data-field": "amount" }, usd(l.amount)),
+        el("td", { class: "num", "data-field": "amount" }, amount),
       );
     }),
   );
   if (!lines.length) body.append(el("tr", {}, el("td", { colSpan: 6, class: "empty" }, "No usage this month.")));
-  const due = invoice.nothing_due || invoice.total === undefined ? "Nothing due" : usd(invoice.total);
+  const due = invoice.nothing_due || invoice.total === undefined || invoice.total === null ? "Nothing due" : usd(invoice.total);
   $("#invoice-total").textContent = due;
   $("#kpi-invoice").textContent = due;
   $("#invoice-meta").textContent = `${invoice.month} · ${invoice.plan} plan · ${invoice.currency || "USD"}` +
