@@ -134,6 +134,8 @@ class MeteredSynthesizeStream(tts.SynthesizeStream):
         self._segment_span: Span | None = None
         self._finalized = False
         self._inner: tts.SynthesizeStream = metered._wrapped.stream(**kwargs)
+        sent = getattr(self._inner, "_input_buffer", None)
+        self._sent: list[Any] | None = sent if isinstance(sent, list) else None
         with never_raises("watching a TTS stream"):
             self._inner._task.add_done_callback(lambda _: self._finalize())
 
@@ -143,8 +145,12 @@ class MeteredSynthesizeStream(tts.SynthesizeStream):
         return getattr(self._inner, name)
 
     def push_text(self, token: str) -> None:
+        # SynthesizeStream.push_text silently drops text (after end_input, or a second segment in
+        # one stream); what it forwarded is what lands in its input buffer
+        buffer = self._sent
+        sent = len(buffer) if buffer is not None else 0
         self._inner.push_text(token)
-        if token:
+        if token and (buffer is None or len(buffer) > sent):
             if self._segment_span is None:
                 self._segment_span = Span()
             self._pending += len(token)
