@@ -230,7 +230,13 @@ async def dashboard_redirect(request: web.Request) -> web.StreamResponse:
 def create_app(config: CollectorConfig | None = None, *, store: Store | None = None) -> web.Application:
     """The collector app. The store opens when the app starts and closes after in-flight requests finish."""
     config = config or CollectorConfig()
-    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[_errors])
+    # auto_decompress off: the signature covers the body exactly as sent (gzip included), and
+    # inflate() bounds the inflated size itself.
+    app = web.Application(
+        client_max_size=config.limits.max_body_bytes,
+        middlewares=[_errors],
+        handler_args={"auto_decompress": False},
+    )
     app[CONFIG] = config
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
