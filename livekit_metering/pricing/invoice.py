@@ -263,6 +263,10 @@ def _inference_lines(
     return lines, sorted(set(unpriced)), used_rows
 
 
+def _via_livekit(record: MeterRecord) -> bool:
+    return record.provider.strip().lower() in ("", "livekit")
+
+
 def build_invoice(book: PriceBook, records: Iterable[MeterRecord], *, plan: str, month: str) -> Invoice:
     """Preview ``plan``'s invoice for ``month`` (``YYYY-MM``) from records whose ``start`` (UTC) is in it.
 
@@ -274,8 +278,8 @@ def build_invoice(book: PriceBook, records: Iterable[MeterRecord], *, plan: str,
     counted = [r for r in latest_forms(records) if start <= r.start < end]
     platform = [r for r in counted if r.resource not in INFERENCE_RESOURCES]
     inference = [r for r in counted if r.resource in INFERENCE_RESOURCES]
-    livekit = [r for r in inference if r.provider.strip().lower() in ("", "livekit")]
-    direct = sorted({usage_label(r, book.row_of(r, the_plan.id)) for r in inference if r not in livekit})
+    livekit = [r for r in inference if _via_livekit(r)]
+    direct = sorted({usage_label(r, book.row_of(r, the_plan.id)) for r in inference if not _via_livekit(r)})
 
     fee = InvoiceLine(
         resource="plan_fee",
