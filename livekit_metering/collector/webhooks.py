@@ -19,12 +19,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import jwt
+from google.protobuf import json_format
 from livekit import api
 from livekit.protocol import models
 
 from ..rates import get_policy
 from ..records import Status
 from .auth import AuthError, KeyRing
+from .ingest import BadRequest
 from .store.base import Outcome, Store, Stored, epoch_ms, from_ms
 
 __all__ = ["WebhookResult", "Webhooks"]
@@ -68,6 +70,8 @@ class Webhooks:
             raise AuthError(f"unknown API key {issuer!r} on the webhook")
         try:
             event = receiver.receive(body, token)
+        except json_format.ParseError as exc:  # signed correctly, but not a WebhookEvent
+            raise BadRequest(400, f"the webhook body is not a LiveKit WebhookEvent: {exc}") from None
         except Exception as exc:  # livekit-api raises plain Exception and PyJWT errors alike
             raise AuthError(f"webhook signature check failed: {exc}") from None
         return self._keys.project_of(str(issuer)), event
