@@ -1,0 +1,132 @@
+"""Kill -9 of a collector process right after it acknowledged: every acknowledged record is there
+after restart (the SQLite commit is fsynced before the answer). SIGTERM finishes in-flight requests
+before the store closes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from collector_helpers import body_of, get, post, rec
+
+from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 15
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(db: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LIVEKIT_API_KEY": TEST_KEY, "LIVEKIT_API_SECRET": TEST_SECRET}
+    cmd = [sys.executable, "-c", "from livekit_metering.cli import main; main()", "serve", "--port", str(port)]
+    return subprocess.Popen(
+        [*cmd, "--database", f"sqlite:///{db}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def _wait_ready(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the collector exited during start-up"
+        try:
+            async with http.get(f"{url}/healthz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("the collector did not start within 30 s")
+
+
+async def _stored_ids(http: aiohttp.ClientSession, url: str, sessions: list[str]) -> set[str]:
+    ids: set[str] = set()
+    for sid in sessions:
+        status, doc = await get(http, url, f"/v1/sessions/{sid}/records")
+        assert status == 200
+        ids |= {r["id"] for r in doc["records"]}
+    return ids
+
+
+async def test_kill_9_right_after_an_ack_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    db = tmp_path / "metering.db"
+    acked: set[str] = set()
+    sessions: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        for round_no in range(ROUNDS):
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}"
+            proc = _start(db, port)
+            try:
+                await _wait_ready(http, url, proc)
+                sid = f"K{round_no}"
+                sessions.append(sid)
+                batches = [[rec(sid, f"llm-{b}-{i}", raw=i + 1) for i in range(200)] for b in range(4)]
+                # Several batches in flight; the process dies the moment the first answer arrives.
+                tasks = [asyncio.create_task(post(http, url, body_of(batch))) for batch in batches]
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                proc.send_signal(signal.SIGKILL)
+                for task in tasks:
+                    try:
+                        status, doc = await task
+                    except aiohttp.ClientError:
+                        continue  # cut off by the kill: not acknowledged, may or may not be stored
+                    if status == 200:
+                        acked |= {r["id"] for r in doc["results"] if r["status"] == "accepted"}
+                assert done
+            finally:
+                proc.kill()
+                proc.wait()
+        assert acked, "no batch was ever acknowledged"
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = _start(db, port)
+        try:
+            await _wait_ready(http, url, proc)
+            stored = await _stored_ids(http, url, sessions)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert acked <= stored
+
+
+async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    db = tmp_path / "metering.db"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        proc = _start(db, port)
+        try:
+            await _wait_ready(http, url, proc)
+            batches = [[rec("T", f"llm-{b}-{i}") for i in range(500)] for b in range(6)]
+            tasks = [asyncio.create_task(post(http, url, body_of(batch))) for batch in batches]
+            await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*tasks, return_exceptions=True)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            proc.kill()
+            proc.wait()
+        acked = {r["id"] for a in answers if not isinstance(a, BaseException) and a[0] == 200 for r in a[1]["results"]}
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = _start(db, port)
+        try:
+            await _wait_ready(http, url, proc)
+            assert acked <= await _stored_ids(http, url, ["T"])
+        finally:
+            proc.kill()
+            proc.wait()
