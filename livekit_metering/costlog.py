@@ -8,6 +8,7 @@ log tools, with the full summary attached as ``extra={"livekit_metering": {...}}
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Iterable
 from decimal import Decimal
@@ -119,15 +120,22 @@ def _price(records: list[MeterRecord], *, plan: str, prices: str | Path | None) 
     try:
         book = _price_book(str(prices) if prices else None)
         report = book.cost(records, plan=plan)
+        price_date = _price_date(book, records, plan)
     except Exception as exc:
         logger.warning("livekit-metering could not price the session (%s: %s)", type(exc).__name__, exc)
         return {}
-    price_date = getattr(book, "price_date", None) or getattr(report, "price_date", None)
     return {
         "cost": Decimal(report.total),
-        "unpriced": sorted(str(model) for model in getattr(report, "unpriced", []) or []),
-        "price_date": str(price_date) if price_date else None,
+        "unpriced": sorted(str(model) for model in report.unpriced),
+        "price_date": price_date,
     }
+
+
+def _price_date(book: Any, records: list[MeterRecord], plan: str) -> str | None:
+    """The newest effective date among the prices used (and the plan's), like the invoice preview."""
+    dates = [row.effective for row in (book.row_of(r, plan) for r in records) if row is not None]
+    dates.append(book.plan(plan).effective)
+    return max(dates).isoformat() if dates else None
 
 
 def _money(value: Decimal) -> str:
@@ -137,15 +145,20 @@ def _money(value: Decimal) -> str:
     return f"${whole}.{cents.ljust(2, '0')}"
 
 
+def _value(text: str) -> str:
+    # key=value stays parsable: quote a value with spaces, quotes or "=" (logfmt style).
+    return json.dumps(text) if not text or any(c in text for c in ' "=') else text
+
+
 def cost_line(summary: SessionSummary) -> str:
     """The readable key=value line for one session."""
     parts = [f"session {summary.session_id}"]
     if summary.room:
-        parts.append(f"room={summary.room}")
+        parts.append(f"room={_value(summary.room)}")
     if summary.agent_name:
-        parts.append(f"agent={summary.agent_name}")
+        parts.append(f"agent={_value(summary.agent_name)}")
     if summary.customer:
-        parts.append(f"customer={summary.customer}")
+        parts.append(f"customer={_value(summary.customer)}")
     if summary.connected:
         parts.append(f"ended={summary.end_cause or 'open'}")
         parts.append(f"duration={format(summary.duration_seconds, 'f')}s")
@@ -161,7 +174,7 @@ def cost_line(summary: SessionSummary) -> str:
     ]
     parts.append(f"cost={_money(summary.cost)}" if summary.cost is not None else "cost=unknown")
     if summary.unpriced:
-        parts.append(f"unpriced={','.join(summary.unpriced)}")
+        parts.append(f"unpriced={_value(','.join(summary.unpriced))}")
     parts.append(f"plan={summary.plan}")
     parts.append(f"prices={summary.price_date or 'unknown'}")
     return " ".join(parts)

@@ -1,0 +1,99 @@
+"""The three forms of ``metered``, what survives pickling into a job process, and option checking."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import _jobs
+import pytest
+from harness.jobproc import FakeRoom, run_job
+from livekit.agents import AgentServer, WorkerOptions
+
+from livekit_metering.entrypoint import MeteredEntrypoint, MeteringOptions, metered
+from livekit_metering.export import read_records
+from livekit_metering.rates import UnknownPolicy
+from livekit_metering.records import Resource
+
+
+def test_decorator_forms_pickle_by_reference() -> None:
+    # The job process re-imports the module and finds the same decorated entrypoint.
+    for entry in (_jobs.decorated, _jobs.decorated_with_options):
+        assert isinstance(entry, MeteredEntrypoint)
+        assert pickle.loads(pickle.dumps(entry)) is entry
+    assert _jobs.decorated_with_options.options.checkpoint_interval == 0.5
+
+
+def test_call_form_pickles_the_function_by_reference_and_the_options_by_value(tmp_path: Path) -> None:
+    entry = metered(_jobs.plain, file=tmp_path / "r.jsonl", policy="per-second-10s-minimum", customer="customer_id")
+    back = pickle.loads(pickle.dumps(entry))
+    assert isinstance(back, MeteredEntrypoint) and back is not entry
+    assert back.__wrapped__ is _jobs.plain
+    assert back.options == entry.options
+    assert back.options.file == str(tmp_path / "r.jsonl")
+
+
+async def test_an_unpickled_wrapper_meters_like_the_original(tmp_path: Path) -> None:
+    out = tmp_path / "records.jsonl"
+    entry = pickle.loads(pickle.dumps(metered(_jobs.plain, file=out, policy="per-second-10s-minimum")))
+    await run_job(entry, room=FakeRoom())
+    (record,) = [r for r in read_records(out) if r.resource is Resource.AGENT_SESSION]
+    assert record.policy == "per-second-10s-minimum" and record.meta["end_cause"] == "shutdown"
+
+
+def test_an_unpicklable_option_fails_when_pickled_and_names_the_option() -> None:
+    entry = metered(_jobs.plain, customer=lambda ctx: "acme")
+    with pytest.raises(TypeError, match=r"metered\(customer=\.\.\.\) cannot be pickled"):
+        pickle.dumps(entry)
+
+
+def test_the_wrapper_looks_like_the_entrypoint() -> None:
+    entry = metered(_jobs.plain)
+    assert (entry.__name__, entry.__qualname__, entry.__module__) == ("plain", "plain", "_jobs")
+    assert entry.__doc__ == _jobs.plain.__doc__
+    assert entry.__wrapped__ is _jobs.plain
+
+
+def test_registers_under_rtc_session_and_worker_options() -> None:
+    entry = metered(_jobs.plain)
+    server = AgentServer()
+    assert server.rtc_session(entry) is entry
+    legacy = AgentServer.from_server_options(WorkerOptions(entrypoint_fnc=entry))
+    assert legacy._entrypoint_fnc is entry
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval= must be a positive number"),
+        ({"checkpoint_interval": -5.0}, ValueError, "checkpoint_interval= must be a positive number"),
+        ({"policy": "per-minute-ish"}, UnknownPolicy, "known policies"),
+        ({"customer": 42}, TypeError, "customer= must be"),
+        ({"attributes": "tier"}, TypeError, "attributes= must be"),
+        ({"exporter": "stdout"}, TypeError, "exporter= must be"),
+    ],
+)
+def test_bad_options_fail_at_decoration_with_a_clear_error(options: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        metered(_jobs.plain, **options)
+
+
+def test_not_a_function() -> None:
+    with pytest.raises(TypeError, match="wraps an async entrypoint"):
+        metered(42)  # type: ignore[call-overload]
+
+
+def test_options_resolve_from_the_environment_in_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEKIT_METERING_PLAN", "scale")
+    monkeypatch.setenv("LIVEKIT_METERING_CHECKPOINT_INTERVAL", "2.5")
+    monkeypatch.setenv("LIVEKIT_METERING_POLICY", "per-second-10s-minimum")
+    monkeypatch.setenv("LIVEKIT_METERING_CUSTOMER", "account")
+    options = MeteringOptions()
+    assert options.resolved_plan() == "scale"
+    assert options.resolved_interval() == 2.5
+    assert options.resolved_policy() == "per-second-10s-minimum"
+    assert options.resolved_customer() == "account"
+    # Keywords win over the environment.
+    assert MeteringOptions(plan="build", checkpoint_interval=9).resolved_plan() == "build"
+    monkeypatch.setenv("LIVEKIT_METERING_CHECKPOINT_INTERVAL", "soon")
+    assert MeteringOptions().resolved_interval() == 15.0  # a bad value is logged, and the default used
