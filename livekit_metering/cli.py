@@ -66,6 +66,40 @@ def report(
         typer.echo(text, nl=False)
 
 
+@app.command()
+def prices(
+    kind: Annotated[Optional[str], typer.Option(help="plan, phone, stt, llm or tts.")] = None,  # noqa: UP045
+    model: Annotated[Optional[str], typer.Option(help="Only models whose id contains this.")] = None,  # noqa: UP045
+    plan: Annotated[Optional[str], typer.Option(help="Only prices that apply on this plan.")] = None,  # noqa: UP045
+    history: Annotated[bool, typer.Option("--history", help="Also list older prices.")] = False,
+    prices_file: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--prices", help="A price TOML adding to or overriding the bundled prices."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """List the price book: plans, LiveKit Inference models and phone prices, with dates and sources."""
+    from .pricing.cli import run_prices
+
+    typer.echo(run_prices(kind=kind, model=model, plan=plan, history=history, prices=prices_file, fmt=fmt), nl=False)
+
+
+@app.command()
+def invoice(
+    records: Annotated[str, typer.Argument(help="A JSON-lines file of meter records.")],
+    plan: Annotated[str, typer.Option(help="build, ship or scale.")] = "ship",
+    month: Annotated[str, typer.Option(help="The month, YYYY-MM (UTC); this month if not given.")] = "",
+    prices_file: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--prices", help="A price TOML adding to or overriding the bundled prices."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Preview a month's LiveKit Cloud invoice for a plan from a records file."""
+    from .pricing.cli import run_invoice
+
+    typer.echo(run_invoice(records, plan=plan, month=month, prices=prices_file, fmt=fmt), nl=False)
+
 
 @app.command()
 def serve(
