@@ -140,6 +140,23 @@ def serve(
     run_serve(config, host=host, port=port)
 
 
+@app.command()
+def demo(
+    plan: Annotated[str, typer.Option(help="build, ship or scale: the plan to price the session on.")] = "ship",
+) -> None:
+    """Run a real agent session offline, metered end to end into an embedded collector, and show its cost."""
+    import asyncio
+
+    from .demo import DemoError, run_demo
+    from .pricing import UnknownPlan
+
+    try:
+        asyncio.run(run_demo(plan=plan))
+    except (DemoError, UnknownPlan) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app()
 
