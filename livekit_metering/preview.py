@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from .meter import Meter
     from .pricing import PriceBook
 
-__all__ = ["CostPreview", "attach_preview", "latest_forms", "preview_enabled", "render_summary", "summary_lines"]
+__all__ = [
+    "CostPreview",
+    "attach_preview",
+    "latest_forms",
+    "maybe_attach_preview",
+    "preview_enabled",
+    "render_summary",
+    "summary_lines",
+]
 
 PREVIEW_ENV = "LIVEKIT_METERING_PREVIEW"
 _TRUE = ("1", "true", "yes", "on")
@@ -291,3 +299,30 @@ def attach_preview(
         preview._costs[record.id] = preview.book.price_of(record, plan=plan)
     meter.on_record(preview)
     return preview
+
+
+def maybe_attach_preview(
+    meter: Meter,
+    *,
+    option: bool | None = None,
+    plan: str = "ship",
+    prices: str | None = None,
+    console: Console | None = None,
+) -> CostPreview | None:
+    """What ``metered`` calls for each job: attach a preview when ``preview_enabled(option)``, else None.
+
+    ``prices`` is a user price TOML on top of the bundled book. Never raises: a preview that cannot
+    start (bad price file, no terminal) is logged and the session runs without it.
+    """
+    try:
+        if not preview_enabled(option):
+            return None
+        from .pricing import PriceBook
+
+        book = PriceBook.load(prices) if prices else PriceBook.bundled()
+        return attach_preview(meter, book=book, plan=plan, console=console)
+    except Exception:
+        import logging
+
+        logging.getLogger("livekit_metering").exception("livekit-metering could not start the cost preview")
+        return None

@@ -170,3 +170,27 @@ def test_close_prints_the_summary_once(tmp_path: Path, book: PriceBook) -> None:
     assert text_of(out).count("Session cost preview") == 1
     meter.record(Resource.TTS, 10, usage="tts-1", start=T0, end=T0, model=TTS_MODEL)
     assert "TTS" not in text_of(out)  # nothing printed after close
+
+
+def test_maybe_attach_preview_follows_the_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from livekit_metering.preview import maybe_attach_preview
+
+    monkeypatch.delenv("LIVEKIT_METERING_PREVIEW", raising=False)
+    monkeypatch.delenv("LIVEKIT_DEV_MODE", raising=False)
+    monkeypatch.setattr("sys.argv", ["agent.py", "start"])
+    meter = Meter(session_id="AJ_mode", exporter=FileExporter(tmp_path / "r.jsonl"))
+    assert maybe_attach_preview(meter) is None  # production: no preview
+    monkeypatch.setenv("LIVEKIT_DEV_MODE", "1")
+    out = console()
+    preview = maybe_attach_preview(meter, plan="scale", console=out)
+    assert preview is not None and preview.plan == "scale"
+    meter.record(Resource.TTS, 1_000, usage="tts-1", start=T0, end=T0, model=TTS_MODEL)
+    assert "TTS 1,000 characters" in text_of(out)
+
+
+def test_maybe_attach_preview_with_a_user_price_book(tmp_path: Path) -> None:
+    from livekit_metering.preview import maybe_attach_preview
+
+    meter = Meter(session_id="AJ_prices", exporter=FileExporter(tmp_path / "r.jsonl"))
+    assert maybe_attach_preview(meter, option=True, prices=str(tmp_path / "missing.toml"), console=console()) is None
+    assert meter.record(Resource.TTS, 5, usage="tts-1", start=T0, end=T0, model=TTS_MODEL) is not None  # unharmed
