@@ -157,7 +157,10 @@ class PriceBook:
         Platform resources cost their overage unit price (on a hard-capped plan such as Build, $0:
         usage past the cap is refused, not billed). Not rounded: round sums, not records.
         """
-        row = self.row_of(record, plan)
+        return self.price_with(record, self.row_of(record, plan), plan)
+
+    def price_with(self, record: MeterRecord, row: PriceRow | None, plan: str) -> Decimal | None:
+        """``price_of`` when the row is already looked up (``row_of(record, plan)``)."""
         if row is None:
             return None
         if row.price is None:

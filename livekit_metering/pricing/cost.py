@@ -101,7 +101,7 @@ def cost_report(book: PriceBook, records: Iterable[MeterRecord], plan: str = "sh
     unpriced: set[str] = set()
     for record in latest_forms(records):
         row = book.row_of(record, plan)
-        cost = book.price_of(record, plan)
+        cost = book.price_with(record, row, plan)
         label = usage_label(record, row)
         key = (record.resource, label, record.unit, id(row))
         line = lines.get(key)
