@@ -28,10 +28,13 @@ CHILD = textwrap.dedent(
     policy = get_policy(None)
     t0 = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
 
+    template = policy.record(id="job-0/llm-0/llm_output", session_id="job-0", resource=Resource.LLM_OUTPUT,
+                             raw=1, start=t0, end=t0 + timedelta(seconds=1), model="openai/gpt-4.1-mini",
+                             room="room-x", agent_name="agent")
+
     def make(i):
-        return policy.record(id=f"job-{i // 50}/llm-{i}/llm_output", session_id=f"job-{i // 50}",
-                             resource=Resource.LLM_OUTPUT, raw=i, start=t0, end=t0 + timedelta(seconds=1),
-                             model="openai/gpt-4.1-mini", room="room-x", agent_name="agent")
+        # A fresh record object per call (as an agent makes them), without re-validating each one.
+        return template.model_copy(update={"id": f"job-{i // 50}/llm-{i}/llm_output", "raw": i})
 
     outbox = Outbox(path, url=url, api_key="k", api_secret="s" * 32, backoff=Backoff(0.05, 0.5))
     for i in range(2000):  # warm up: imports, caches, the sender failing to connect

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -58,6 +59,7 @@ def make_outbox(tmp_path: Path) -> Iterator[MakeOutbox]:
     def make(url: str | None, path: Path | None = None, **options: Any) -> Outbox:
         options.setdefault("backoff", Backoff(0.02, 0.2))
         options.setdefault("interval", 0.05)
+        options.setdefault("shutdown_timeout", 0.5)
         path = path or tmp_path / "outbox.sqlite3"
         outbox = Outbox(path, url=url, api_key=API_KEY, api_secret=API_SECRET, **options)
         made.append(outbox)
@@ -188,6 +190,7 @@ def test_a_wrong_secret_keeps_records_on_disk_instead_of_dropping_them(
         api_secret="a-wrong-secret-that-is-long-enough-000",
         backoff=Backoff(0.02, 0.1),
         interval=0.05,
+        shutdown_timeout=0.3,
     )
     try:
         outbox.export(records(5))
@@ -278,3 +281,27 @@ def test_default_exporter_ships_when_a_url_is_configured(tmp_path: Path, monkeyp
 def test_a_bad_collector_url_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must start with http"):
         Outbox(tmp_path / "o.sqlite3", url="collector:8080")
+
+
+async def test_ashutdown_fits_a_livekit_shutdown_callback_and_does_not_block_the_loop(
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
+    outbox = make_outbox(collector.url)
+    # livekit-agents passes the shutdown reason to callbacks taking a positional argument
+    # (FINDINGS.md §5); the budget is keyword-only so the reason is never taken for it.
+    assert outbox.ashutdown.__code__.co_argcount == 1
+    sent = records(20)
+    outbox.export(sent)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await outbox.ashutdown()
+    ticker.cancel()
+    assert_exactly_once(collector, sent)
+    assert ticks > 1, "the loop kept running during the flush"

@@ -106,3 +106,37 @@ def test_sigkill_at_random_moments_loses_nothing_written_and_stores_nothing_twic
         assert survivor.health().pending == 0
     finally:
         survivor.close()
+
+
+PLAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from datetime import datetime, timedelta, timezone
+    from livekit_metering import export
+    from livekit_metering.meter import Meter
+    from livekit_metering.records import Resource
+
+    # A plain script: records through the default exporter, never calls shutdown().
+    meter = Meter(session_id="script-1", exporter=export.default_exporter())
+    t0 = datetime.now(timezone.utc)
+    for i in range(30):
+        meter.record(Resource.TTS, 100 + i, usage=meter.next_usage("tts"), start=t0, end=t0 + timedelta(seconds=1))
+    """
+)
+
+
+def test_a_plain_script_that_never_calls_shutdown_still_delivers_at_exit(
+    tmp_path: Path, collector: StandInCollector
+) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "LIVEKIT_METERING_URL": collector.url,
+        "LIVEKIT_METERING_OUTBOX": str(tmp_path / "outbox.sqlite3"),
+        "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET,
+    }
+    env.pop("LIVEKIT_METERING_FILE", None)
+    subprocess.run([sys.executable, "-c", PLAIN_SCRIPT], env=env, check=True, timeout=60)
+    stored = collector.call(lambda: set(collector.store))
+    assert stored == {f"script-1/tts-{i}/tts" for i in range(1, 31)}

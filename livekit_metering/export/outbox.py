@@ -8,6 +8,7 @@ process of the host that opens it sends it.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -145,6 +146,12 @@ class Outbox:
                 )
             else:
                 logger.info("livekit-metering outbox at shutdown: %s (flushed=%s)", health, flushed)
+
+    async def ashutdown(self, *, timeout: float | None = None) -> None:
+        """``shutdown`` without blocking the event loop: for a livekit-agents shutdown callback
+        (``ctx.add_shutdown_callback(outbox.ashutdown)``), which shares the loop with the others.
+        ``timeout`` is keyword-only so livekit-agents does not pass the shutdown reason as it."""
+        await asyncio.to_thread(self.shutdown, timeout)
 
     # -- more --------------------------------------------------------------------------------------
 

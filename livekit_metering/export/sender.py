@@ -27,6 +27,7 @@ logger = logging.getLogger("livekit_metering")
 
 _CONFIRMED = frozenset({"accepted", "duplicate"})
 _CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints while records flow
+_SHUTDOWN_ATTEMPTS = 4  # failed attempts in a row after which a shutdown stops waiting (records stay on disk)
 
 
 class _LeaderLock:
@@ -96,9 +97,14 @@ class Sender:
         self._urgent = False  # a flush or stop wants an attempt now, even during a backoff
         self._stopping = False
         self._deadline: float | None = None  # monotonic; set by flush/stop
-        self._waiters: list[tuple[threading.Event, list[bool]]] = []
+        # Flush waiters: (done, result, generation). Only a claim that started after a flush request
+        # may report that request's records sent: records exported just before it must be included.
+        self._waiters: list[tuple[threading.Event, list[bool], int]] = []
+        self._generation = 0
         self._waiters_lock = threading.Lock()
         self._last_checkpoint = 0.0
+        self._flush_failures = 0
+        self._max_flush_failures: int | None = None
         self._failing_since: float | None = None
         self._last_warning = 0.0
 
@@ -128,7 +134,7 @@ class Sender:
             except RuntimeError:  # the loop closed between the check and the call
                 pass
 
-    def flush(self, timeout: float) -> bool:
+    def flush(self, timeout: float, *, max_failures: int | None = None) -> bool:
         """Send everything pending now; wait at most ``timeout`` s. True when the outbox was emptied.
 
         False also when another process leads the sending: the records are safe on disk and it sends them.
@@ -138,21 +144,26 @@ class Sender:
         done = threading.Event()
         result = [False]
         with self._waiters_lock:
-            self._waiters.append((done, result))
+            self._generation += 1
+            waiter = (done, result, self._generation)
+            self._waiters.append(waiter)
         self._deadline = time.monotonic() + timeout
+        self._flush_failures = 0
+        self._max_flush_failures = max_failures
         self._urgent = True
         self.wake()
         done.wait(timeout + 0.5)
         with self._waiters_lock:
-            if (done, result) in self._waiters:
-                self._waiters.remove((done, result))
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
         return result[0]
 
     def stop(self, timeout: float) -> bool:
         """Flush for at most ``timeout`` seconds, then stop the thread; what is left stays on disk."""
         if not self.running:
             return False
-        flushed = self.flush(timeout)
+        # At shutdown, a collector that keeps failing is not worth the rest of the budget.
+        flushed = self.flush(timeout, max_failures=_SHUTDOWN_ATTEMPTS)
         self._stopping = True
         self._urgent = True
         self.wake()
@@ -192,9 +203,10 @@ class Sender:
             self._maybe_checkpoint()
             await self._sleep(self.interval, wakeable=True)
             return
+        generation = self._generation
         batch = self.store.claim(self._batch_limit, self.max_batch_bytes)
         if not batch:
-            self._finish_waiters(True)
+            self._finish_waiters(True, upto=generation)
             self._maybe_checkpoint(force=True)
             await self._sleep(self.interval, wakeable=True)
             return
@@ -249,8 +261,15 @@ class Sender:
         self._maybe_checkpoint()
 
     async def _back_off(self, delay: float) -> None:
-        if self._deadline is not None and time.monotonic() + delay >= self._deadline:
-            # The flush budget cannot cover the wait: leave the rest on disk for later (or the next process).
+        if self._deadline is not None:
+            self._flush_failures += 1
+        if self._deadline is not None and (
+            time.monotonic() + delay >= self._deadline
+            or (self._max_flush_failures is not None and self._flush_failures >= self._max_flush_failures)
+        ):
+            # The flush budget cannot cover the wait, or the collector keeps failing: leave the rest
+            # on disk for later (or for the next process) rather than hold up a shutdown for nothing.
+            self._flush_failures = 0
             self._finish_waiters(False)
             self._deadline = None
             self._urgent = False
@@ -287,14 +306,18 @@ class Sender:
             except Exception as exc:  # a busy or locked database only delays the checkpoint
                 logger.debug("livekit-metering: WAL checkpoint skipped: %s", exc)
 
-    def _finish_waiters(self, ok: bool) -> None:
+    def _finish_waiters(self, ok: bool, *, upto: int | None = None) -> None:
         with self._waiters_lock:
-            waiters, self._waiters = self._waiters, []
-        for done, result in waiters:
+            if upto is None:
+                waiters, self._waiters = self._waiters, []
+            else:
+                waiters = [w for w in self._waiters if w[2] <= upto]
+                self._waiters = [w for w in self._waiters if w[2] > upto]
+            if not self._waiters:
+                self._deadline = None
+        for done, result, _ in waiters:
             result[0] = ok
             done.set()
-        if waiters:
-            self._deadline = None
 
     def _failed(self, message: str, *, level: int = logging.WARNING) -> None:
         self.last_error = message
@@ -314,4 +337,5 @@ class Sender:
             self._failing_since = None
             self._last_warning = 0.0
         self.last_error = None
+        self._flush_failures = 0
         self.backoff.reset()
