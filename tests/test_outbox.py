@@ -185,3 +185,21 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     later = (datetime.now(timezone.utc) + timedelta(seconds=120)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     seconds = parse_retry_after(later)
     assert seconds is not None and 100 < seconds <= 121
+
+
+def test_dead_letters_keep_the_latest_refusals_and_count_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from livekit_metering.export import store as store_module
+
+    monkeypatch.setattr(store_module, "DEAD_LETTER_KEEP", 3)
+    store = OutboxStore(tmp_path / "o.sqlite3")
+    store.put([usage(i) for i in range(5)])
+    claimed = store.claim(10, 1 << 20)
+    store.settle(
+        [Settlement(p.id, p.version, dead=True, status="rejected", reason=f"r{i}") for i, p in enumerate(claimed)]
+    )
+    assert [d[2] for d in store.dead_letters()] == ["r2", "r3", "r4"]
+    health = store.health()
+    assert (health.dead_letters, health.pending) == (5, 0)
+    store.close()

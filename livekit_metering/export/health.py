@@ -12,8 +12,9 @@ class OutboxHealth:
     """A snapshot of one outbox file (shared by every process of the host that writes to it).
 
     ``dropped`` counts records refused because the outbox was full: they are lost, so alert on it.
-    ``dead_letters`` counts records the collector refused (rejected or conflict); they stay in the
-    file's ``dead_letter`` table with the reason, for a human to look at.
+    ``dead_letters`` counts records the collector refused (rejected or conflict) since the file was
+    created; the latest of them stay in the file's ``dead_letter`` table with the reason, for a human
+    to look at (``Outbox.dead_letters()``).
     """
 
     path: str

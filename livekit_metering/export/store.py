@@ -55,9 +55,10 @@ CREATE TABLE IF NOT EXISTS stats (
     one     INTEGER PRIMARY KEY CHECK (one = 1),
     records INTEGER NOT NULL,
     bytes   INTEGER NOT NULL,
-    dropped INTEGER NOT NULL
+    dropped INTEGER NOT NULL,
+    dead    INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO stats VALUES (1, 0, 0, 0);
+INSERT OR IGNORE INTO stats VALUES (1, 0, 0, 0, 0);
 -- Counters kept by triggers, so the cap check is one row read, whatever the number of writers.
 CREATE TRIGGER IF NOT EXISTS pending_insert AFTER INSERT ON pending BEGIN
     UPDATE stats SET records = records + 1, bytes = bytes + NEW.size;
@@ -89,6 +90,8 @@ WHERE id = ?1 AND final = 0 AND (?3 = 1 OR (?4, ?5) > (end_ms, raw))
 
 # Sender write transactions are cut into chunks so the event loop never waits long for the lock.
 _SETTLE_CHUNK = 100
+# The dead-letter table keeps the most recent refusals for inspection; the total is a counter.
+DEAD_LETTER_KEEP = 10_000
 
 
 @dataclass(frozen=True)
@@ -232,10 +235,15 @@ class OutboxStore:
                 try:
                     dead = [(s.status, s.reason, now, s.id, s.version) for s in chunk if s.dead]
                     if dead:
-                        conn.executemany(
+                        moved = conn.executemany(
                             "INSERT INTO dead_letter (id, body, status, reason, at) "
                             "SELECT id, body, ?, ?, ? FROM pending WHERE id = ? AND version = ?",
                             dead,
+                        ).rowcount
+                        conn.execute("UPDATE stats SET dead = dead + ?", (moved,))
+                        conn.execute(
+                            "DELETE FROM dead_letter WHERE rowid <= (SELECT max(rowid) FROM dead_letter) - ?",
+                            (DEAD_LETTER_KEEP,),
                         )
                     conn.executemany(
                         "DELETE FROM pending WHERE id = ? AND version = ?", [(s.id, s.version) for s in chunk]
@@ -258,9 +266,10 @@ class OutboxStore:
             conn = self._reader
             conn.execute("BEGIN")  # one snapshot for all three reads
             try:
-                records, size, dropped = conn.execute("SELECT records, bytes, dropped FROM stats").fetchone()
+                records, size, dropped, dead = conn.execute(
+                    "SELECT records, bytes, dropped, dead FROM stats"
+                ).fetchone()
                 oldest = conn.execute("SELECT created FROM pending ORDER BY rowid LIMIT 1").fetchone()
-                dead = conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
             finally:
                 conn.execute("COMMIT")
         return OutboxHealth(
@@ -275,7 +284,7 @@ class OutboxStore:
         )
 
     def dead_letters(self) -> list[tuple[str, str, str, str]]:
-        """Every refused record as (id, status, reason, body), oldest first."""
+        """The refused records kept (the latest ``DEAD_LETTER_KEEP``) as (id, status, reason, body), oldest first."""
         with self._read_lock:
             rows = self._reader.execute("SELECT id, status, reason, body FROM dead_letter ORDER BY rowid").fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
