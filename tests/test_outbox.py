@@ -203,3 +203,35 @@ def test_dead_letters_keep_the_latest_refusals_and_count_them_all(
     health = store.health()
     assert (health.dead_letters, health.pending) == (5, 0)
     store.close()
+
+
+WRITER = """
+import sys
+from datetime import datetime, timedelta, timezone
+from livekit_metering.export import Outbox
+from livekit_metering.rates import get_policy
+from livekit_metering.records import Resource
+t0 = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
+outbox = Outbox(sys.argv[1])
+template = get_policy(None).record(id="x", session_id=sys.argv[2], resource=Resource.TTS, raw=1, start=t0, end=t0)
+for i in range(int(sys.argv[3])):
+    outbox.export([template.model_copy(update={"id": f"{sys.argv[2]}/tts-{i}/tts"})])
+"""
+
+
+def test_job_processes_of_one_host_write_the_same_file_at_once_without_losing_a_record(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    path = tmp_path / "o.sqlite3"
+    OutboxStore(path).close()  # created up front, as the first job of the host would
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"job-{n}", "3000"], env=env) for n in range(3)
+    ]
+    assert [w.wait(120) for w in writers] == [0, 0, 0]
+    store = OutboxStore(path)
+    assert store.health().pending == 9000
+    assert len(pending_bodies(path)) == 9000
+    store.close()

@@ -113,6 +113,25 @@ class Settlement:
     reason: str = ""
 
 
+def _begin(conn: sqlite3.Connection, *, wait: float = 30.0) -> None:
+    """BEGIN IMMEDIATE, retrying while another process holds the write lock (20 µs steps up to 1 ms)."""
+    delay = 20e-6
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(
+                    f"the outbox file stayed locked for {wait:.0f} s by another process; records were not written"
+                ) from exc
+        time.sleep(delay)
+        delay = min(delay * 2, 0.001)
+
+
 class OutboxStore:
     """The records on disk. ``put`` is called on the agent's event loop; the rest from the sender."""
 
@@ -134,6 +153,9 @@ class OutboxStore:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._writer = self._connect()
+        # The writer runs on the agent's event loop: SQLite's busy handler sleeps 1 ms and more per
+        # retry, so it gets none and waits for another process's transaction in finer steps (_begin).
+        self._writer.execute("PRAGMA busy_timeout=0")
         self._reader = self._connect()
         self._warned_full = False
         self._closed = False
@@ -170,7 +192,7 @@ class OutboxStore:
         dropped = 0
         with self._write_lock:
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             try:
                 records, size = conn.execute("SELECT records, bytes FROM stats").fetchone()
                 for row in rows:
