@@ -1,0 +1,340 @@
+"""``livekit-metering demo``: one real agent session, metered end to end, offline, with no keys.
+
+What runs is the production path, with only the LiveKit server and the paid providers scripted:
+
+- livekit-agents' real ``AgentServer`` (unregistered, as in ``dev``/``console``) launches a job with
+  ``simulate_job`` into its real job runner (THREAD executor, so it stays in this process);
+- the job's entrypoint is wrapped by ``metered`` and runs a real ``AgentSession`` whose STT, LLM
+  and TTS are the scripted models of ``livekit_metering.scripted``, wrapped by ``MeteredSTT``,
+  ``MeteredLLM`` and ``MeteredTTS``, with a scripted caller speaking through a fake microphone;
+- every record goes through the durable outbox (SQLite on disk) to an embedded collector on
+  127.0.0.1, backed by SQLite, signed with a key pair generated for the run;
+- at the end the session's records and the month's invoice are read back from the collector's
+  query API and printed: the session cost preview and the invoice preview.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from livekit.agents import JobContext, TurnHandlingOptions
+    from rich.console import Console
+
+    from .records import MeterRecord
+
+__all__ = ["DemoError", "DemoResult", "run_demo"]
+
+AGENT_NAME = "bike-shop-demo"
+ROOM = "demo-call"
+CUSTOMER = "acme-bikes"
+INSTRUCTIONS = "You are the voice assistant of a bike shop. Answer in one or two short sentences."
+
+# (what the caller says, what the scripted LLM answers)
+SCRIPT: tuple[tuple[str, str], ...] = (
+    (
+        "Hi, do you repair electric bikes?",
+        "Yes, we service most electric bikes, including motors and batteries. What seems to be the problem?",
+    ),
+    (
+        "The battery dies after ten kilometres.",
+        "That sounds like a worn battery. Bring it in and we will run a free capacity test while you wait.",
+    ),
+    (
+        "Great, are you open on Saturday?",
+        "We are open Saturday from nine to four. See you then, and thanks for calling!",
+    ),
+)
+
+TURN_HANDLING: dict[str, Any] = {
+    "turn_detection": "stt",
+    "endpointing": {"min_delay": 0.1, "max_delay": 0.5},
+    "interruption": {"enabled": False},
+    "preemptive_generation": {"enabled": False},
+}
+
+
+class DemoError(RuntimeError):
+    """The demo could not complete; the message says which step failed."""
+
+
+@dataclass
+class _Run:
+    """What the runner hands the job (same process, THREAD executor) and what the job hands back."""
+
+    script: Sequence[tuple[str, str]]
+    console: Console
+    plan: str
+    session_id: str = ""
+    transcript: list[tuple[str, str]] = field(default_factory=list)
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+_current: _Run | None = None
+
+
+def demo_customer(ctx: JobContext) -> str:
+    """The customer this demo call is attributed to (module level, so it pickles with the entrypoint)."""
+    return CUSTOMER
+
+
+async def demo_entrypoint(ctx: JobContext) -> None:
+    """The agent: connect, hold a scripted conversation through a real AgentSession, hang up."""
+    run = _current
+    if run is None:  # pragma: no cover - only ever launched by run_demo
+        raise DemoError("demo_entrypoint runs only inside run_demo()")
+    try:
+        run.session_id = ctx.job.id
+        await _converse(ctx, run)
+    except BaseException as exc:
+        run.error = exc
+        raise
+    finally:
+        run.done.set()
+    ctx.shutdown("demo call ended")
+
+
+async def _converse(ctx: JobContext, run: _Run) -> None:
+    from livekit.agents import Agent, AgentSession
+
+    from .adapters import MeteredLLM, MeteredSTT, MeteredTTS
+    from .meter import current_meter
+    from .preview import attach_preview
+    from .scripted import FakeAudioInput, FakeAudioOutput, ScriptedLLM, ScriptedSTT, ScriptedTTS
+
+    # Live running cost in the terminal: a listener on this job's meter (set up by ``metered``).
+    attach_preview(current_meter(), plan=run.plan, console=run.console)
+    await ctx.connect()  # agent session time starts here, as LiveKit bills it
+
+    stt, llm = ScriptedSTT(), ScriptedLLM([reply for _, reply in run.script], cached_tokens=0)
+    session: AgentSession[None] = AgentSession(
+        stt=MeteredSTT(stt),
+        llm=MeteredLLM(llm),
+        tts=MeteredTTS(ScriptedTTS()),
+        turn_handling=cast("TurnHandlingOptions", TURN_HANDLING),
+    )
+    session.input.audio = FakeAudioInput()
+    session.output.audio = FakeAudioOutput()
+    replies: list[str] = []
+    states: list[str] = []
+
+    def on_item(event: Any) -> None:
+        item = event.item
+        text = getattr(item, "text_content", None) or ""
+        role = getattr(item, "role", "")
+        if role in ("user", "assistant") and text:
+            run.transcript.append((role, text))
+            who = "[bold cyan]caller[/]" if role == "user" else "[bold green]agent [/]"
+            run.console.print(f"{who}  {text}", highlight=False)
+            if role == "assistant":
+                replies.append(text)
+
+    session.on("conversation_item_added", on_item)
+    session.on("agent_state_changed", lambda event: states.append(event.new_state))
+    await session.start(Agent(instructions=INSTRUCTIONS))
+    await asyncio.sleep(0.3)  # a moment of silence before the caller speaks, streamed to STT like a real call
+    for line, _ in run.script:
+        before = len(replies)
+        stt.say(line)
+        for _ in range(400):  # bounded: 20 s per turn
+            await asyncio.sleep(0.05)
+            if len(replies) > before and states and states[-1] == "listening":
+                break
+        else:
+            raise DemoError(f"the agent did not answer {line!r} within 20 s")
+    await session.aclose()
+
+
+@dataclass
+class DemoResult:
+    session_id: str
+    records: list[MeterRecord]
+    invoice: dict[str, Any]
+    transcript: list[tuple[str, str]]
+    session_cost: Decimal
+    database: Path
+
+
+async def run_demo(
+    *,
+    console: Console | None = None,
+    plan: str = "ship",
+    workdir: Path | None = None,
+    script: Sequence[tuple[str, str]] = SCRIPT,
+) -> DemoResult:
+    """Run the demo session; print the conversation, the running cost, the cost preview and the invoice."""
+    from rich.console import Console
+
+    from .pricing import PriceBook, UnknownPlan
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: wide enough for the tables
+            console = Console(width=110)
+    try:
+        PriceBook.bundled().plan(plan)  # before anything starts
+    except UnknownPlan as exc:
+        raise DemoError(str(exc)) from None
+    # The worker's own logs would bury the demo's output; warnings and errors still show.
+    for name in ("livekit", "livekit.agents", "livekit_metering", "livekit_metering.collector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if workdir is not None:
+        await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+        return await _run_in(workdir, console, plan, script)
+    with tempfile.TemporaryDirectory(prefix="livekit-metering-demo-") as tmp:
+        return await _run_in(Path(tmp), console, plan, script)
+
+
+async def _run_in(directory: Path, console: Console, plan: str, script: Sequence[tuple[str, str]]) -> DemoResult:
+    from livekit.agents import AgentServer, JobExecutorType
+
+    from .collector.testing import run_collector
+    from .entrypoint import metered
+    from .export.outbox import Outbox
+
+    global _current
+    key, secret = "APIdemo" + secrets.token_hex(4), secrets.token_urlsafe(32)  # ephemeral, this run only
+    database = directory / "collector.db"
+    async with run_collector(database, keys={key: (secret, "default")}) as url:
+        console.print(f"[dim]collector on {url} (SQLite {database}); outbox {directory / 'outbox.db'}[/]")
+        outbox = Outbox(directory / "outbox.db", url=url, api_key=key, api_secret=secret, interval=0.2)
+        run = _Run(script=script, console=console, plan=plan)
+        entry = metered(demo_entrypoint, exporter=outbox, plan=plan, customer=demo_customer, checkpoint_interval=5)
+        server = AgentServer(job_executor_type=JobExecutorType.THREAD, num_idle_processes=0, host="127.0.0.1", port=0)
+        server.rtc_session(entry, agent_name=AGENT_NAME)
+        started = asyncio.Event()
+        server.on("worker_started", started.set)
+        _current = run
+        worker = asyncio.create_task(server.run(devmode=True, unregistered=True))
+        try:
+            await asyncio.wait_for(started.wait(), 60)
+            console.rule(f"[bold]A call to the {AGENT_NAME} agent (scripted caller, STT, LLM and TTS)")
+            await server.simulate_job(ROOM, fake_job=True)
+            loop = asyncio.get_running_loop()
+            if not await loop.run_in_executor(None, run.done.wait, 120):
+                raise DemoError("the demo call did not finish within 2 minutes")
+            if run.error is not None:
+                raise DemoError(f"the demo call failed: {run.error!r}") from run.error
+            records = await _collected(url, key, secret, run.session_id, outbox)
+        finally:
+            await server.aclose()
+            await asyncio.wait_for(worker, 60)
+            _current = None
+            await asyncio.get_running_loop().run_in_executor(None, outbox.shutdown, 5.0)
+        month = records[0].start.strftime("%Y-%m") if records else datetime.now(timezone.utc).strftime("%Y-%m")
+        invoice = await _get(url, key, secret, "/v1/invoice", month=month, plan=plan)
+    return _report(console, run, records, invoice, plan, database)
+
+
+async def _get(url: str, key: str, secret: str, path: str, **query: str) -> Any:
+    import aiohttp
+
+    from .collector.testing import sign
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.get(url + path, params=query, headers={"Authorization": sign(key=key, secret=secret)}) as resp:
+            if resp.status != 200:
+                raise DemoError(f"the collector answered {resp.status} to {path}: {await resp.text()}")
+            return await resp.json()
+
+
+async def _collected(url: str, key: str, secret: str, session_id: str, outbox: Any) -> list[MeterRecord]:
+    """The session's records as the collector stored them, once its final agent-session record arrived."""
+    from .records import MeterRecord
+
+    loop = asyncio.get_running_loop()
+    for _ in range(100):  # bounded: about 30 s
+        await loop.run_in_executor(None, outbox.flush, 0.3)
+        body = await _get(url, key, secret, "/v1/sessions", limit="10")
+        closed = [s for s in body["sessions"] if s["session_id"] == session_id and s["state"] == "closed"]
+        if closed:
+            data = await _get(url, key, secret, f"/v1/sessions/{session_id}/records")
+            return [MeterRecord.from_json({k: v for k, v in r.items() if k != "cost"}) for r in data["records"]]
+        await asyncio.sleep(0.05)
+    raise DemoError(f"the collector never received the final record of session {session_id}")
+
+
+def _report(
+    console: Console,
+    run: _Run,
+    records: list[MeterRecord],
+    invoice: dict[str, Any],
+    plan: str,
+    database: Path,
+) -> DemoResult:
+    from rich.table import Table
+
+    from .preview import render_summary
+    from .pricing import PriceBook
+
+    book = PriceBook.bundled()
+    session_cost = book.cost(records, plan=plan).total
+    console.print()
+    console.print(
+        f"The collector stored {len(records)} records for session [bold]{run.session_id}[/] "
+        f"(customer {CUSTOMER}), sent through the outbox and signed."
+    )
+    console.print(render_summary(records, book, plan))
+    table = Table(title=f"Invoice preview: {plan} plan, {invoice.get('month')}", title_justify="left")
+    for name, justify in (
+        ("item", "left"),
+        ("quantity", "right"),
+        ("included", "right"),
+        ("billable", "right"),
+        ("amount", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for line in invoice.get("lines", []):
+        table.add_row(
+            str(line.get("description") or line.get("resource")),
+            _plain(line.get("quantity")),
+            _plain(line.get("included")),
+            _plain(line.get("billable")),
+            _usd(line.get("amount")),
+        )
+    table.add_section()
+    due = "nothing due" if invoice.get("nothing_due") or "total" not in invoice else _usd(invoice["total"])
+    table.add_row("[bold]Total due[/]", "", "", "", f"[bold]{due}[/]")
+    console.print(table)
+    local = book.invoice(records, plan=plan, month=str(invoice.get("month"))).to_json()
+    if local == invoice:
+        console.print("The collector's invoice preview matches the one computed here from the session's records.")
+    else:
+        console.print("[bold red]The collector's invoice preview differs from the one computed here.[/]")
+    return DemoResult(
+        session_id=run.session_id,
+        records=records,
+        invoice=invoice,
+        transcript=run.transcript,
+        session_cost=session_cost,
+        database=database,
+    )
+
+
+def _usd(value: Any) -> str:
+    if value is None:
+        return "unpriced"
+    amount = Decimal(str(value))
+    return f"{'-' if amount < 0 else ''}${abs(amount):,}"
+
+
+def _plain(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        return str(value)
+    whole, _, frac = format(number.normalize(), "f").partition(".")
+    return f"{int(whole):,}" + (f".{frac}" if frac else "")
