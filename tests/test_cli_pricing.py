@@ -146,6 +146,14 @@ def test_prices_plan_table_and_history() -> None:
     assert {r["resource"] for r in json.loads(out)["rows"]} >= {"phone_number", "sip_inbound", "sip_inbound_toll_free"}
 
 
+def test_prices_table_shows_notes_literally() -> None:
+    # Notes are printed in brackets; they must not be swallowed as rich markup.
+    code, out, _ = run("prices", "--kind", "phone", "--plan", "build")
+    assert code == 0
+    assert "[toll-free numbers are not offered on Build]" in out
+    assert "hard cap" in out
+
+
 def test_prices_errors() -> None:
     code, _, err = run("prices", "--kind", "video")
     assert code == 2 and "--kind 'video' is not one of plan, phone, stt, llm, tts" in err

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .book import PriceBook
@@ -100,7 +101,9 @@ def prices_table(
             table.add_column(name, overflow="fold")
         for p in plans:
             caps = "hard caps" if p.hard_caps else "overage billed"
-            table.add_row(p.name, _money(p.fee), _money(p.inference_credits), caps, p.effective.isoformat(), p.source)
+            table.add_row(
+                p.name, _money(p.fee), _money(p.inference_credits), caps, p.effective.isoformat(), escape(p.source)
+            )
         parts.append(table)
     table = Table(title=f"Prices (USD){' with history' if history else ''}")
     for name in ("kind", "plan", "resource", "model", "price", "per", "included", "effective", "source"):
@@ -113,12 +116,12 @@ def prices_table(
             r.kind.value,
             r.plan or "all",
             r.resource.value,
-            model_name,
+            escape(model_name),
             price,
             r.per,
             included,
             r.effective.isoformat(),
-            r.source + (f" [{r.note}]" if r.note else ""),
+            escape(r.source + (f" [{r.note}]" if r.note else "")),
         )
     parts.append(table if rows else "no prices match")
     return _render(*parts)
@@ -136,7 +139,7 @@ def invoice_table(invoice: Invoice) -> str:
         if line.unit_price is None and line.amount is None:
             price = "unpriced"
         table.add_row(
-            line.description,
+            escape(line.description),
             data["quantity"] + unit,
             data["included"],
             data["billable"],
@@ -152,4 +155,4 @@ def invoice_table(invoice: Invoice) -> str:
         footer.append(f"Unpriced (not in the total): {', '.join(invoice.unpriced)}")
     if invoice.not_billed_by_livekit:
         footer.append(f"Billed by the provider, not LiveKit: {', '.join(invoice.not_billed_by_livekit)}")
-    return _render(table, "\n".join(footer))
+    return _render(table, escape("\n".join(footer)))
