@@ -97,7 +97,12 @@ class InvoiceLine:
 
 @dataclass
 class Invoice:
-    """An invoice preview for one plan and month. ``total`` is None when nothing is due."""
+    """An invoice preview for one plan and month. ``total`` is None when nothing is due.
+
+    ``price_date`` is the newest ``effective`` date among the plan and the price rows used: the
+    prices are those known on that date. ``unpriced`` lists usage with no price (not in the total);
+    ``not_billed_by_livekit`` lists direct-plugin models, which the provider bills.
+    """
 
     plan: str
     month: str
