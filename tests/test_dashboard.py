@@ -101,6 +101,8 @@ async def test_dashboard_shows_the_api_figures(
     by_day = await api(url, "/v1/usage", group_by="day", since=first, until=after)
     by_resource = await api(url, "/v1/usage", group_by="resource", since=first, until=after)
     by_model = await api(url, "/v1/usage", group_by="model", since=first, until=after)
+    by_customer = await api(url, "/v1/usage", group_by="customer", since=first, until=after)
+    by_agent = await api(url, "/v1/usage", group_by="agent", since=first, until=after)
     sessions = (await api(url, "/v1/sessions", since=first, until=after, limit="500"))["sessions"]
     invoices = {plan: await api(url, "/v1/invoice", month=month, plan=plan) for plan in ("ship", "build")}
     assert len(sessions) == len({r.session_id for r in records}) == 36
@@ -135,8 +137,14 @@ async def test_dashboard_shows_the_api_figures(
                 shown = await text(f'#chart-day g.day[data-day="{day}"]').get_attribute("data-total")
                 assert Decimal(shown or "x") == Decimal(cost), day
 
-            # Cost by resource and by model.
-            for selector, usage in (("#by-resource", by_resource), ("#by-model", by_model)):
+            # Cost by resource, model, customer and agent.
+            bars = (
+                ("#by-resource", by_resource),
+                ("#by-model", by_model),
+                ("#by-customer", by_customer),
+                ("#by-agent", by_agent),
+            )
+            for selector, usage in bars:
                 expected = per_key(usage["rows"])
                 assert await text(f"{selector} .bar").count() == len(expected)
                 for key, (cost, unpriced) in expected.items():

@@ -133,6 +133,9 @@ function svg(tag, attrs = {}, ...children) {
 }
 
 const label = (resource) => RESOURCE_LABELS[resource] || resource;
+const SESSION_LIMIT = 500;
+const customerLabel = (key) => (!key || key === "(none)" ? "Unattributed" : key);
+const agentLabel = (key) => (!key || key === "(none)" ? "Unnamed agent" : key);
 const modelLabel = (key) => (!key || key === "(none)" ? "Platform (no model)" : key);
 const colorOf = (resource) => {
   if (RESOURCE_COLORS[resource]) return RESOURCE_COLORS[resource];
@@ -388,8 +391,8 @@ function renderInvoice(invoice) {
         el("td", { class: "num" }, invoiceQuantity(l.quantity, l.unit)),
         /^0*\.?0*$/.test(String(l.included ?? ""))
           ? el("td", { class: "num nil" }, "—")
-          : el("td", { class: "num" }, invoiceQuantity(l.included, l.unit)),
-        el("td", { class: "num" }, invoiceQuantity(l.billable, l.unit)),
+          : el("td", { class: "num" }, l.unit === "usd" ? usd(l.included) : qty(l.included)),
+        el("td", { class: "num" }, l.unit === "usd" ? usd(l.billable) : qty(l.billable)),
         el("td", { class: "num small" }, unitPrice),
         el("td", { class: "num", "data-field": "amount" }, amount),
       );
@@ -421,11 +424,13 @@ async function load() {
   setStatus("Loading…");
   const { since, until, days } = monthRange(month);
   try {
-    const [day, resource, model, sessions, invoice] = await Promise.all([
+    const [day, resource, model, customer, agent, sessions, invoice] = await Promise.all([
       api("/v1/usage", { since, until, group_by: "day" }),
       api("/v1/usage", { since, until, group_by: "resource" }),
       api("/v1/usage", { since, until, group_by: "model" }),
-      api("/v1/sessions", { since, until, limit: 500 }),
+      api("/v1/usage", { since, until, group_by: "customer" }),
+      api("/v1/usage", { since, until, group_by: "agent" }),
+      api("/v1/sessions", { since, until, limit: SESSION_LIMIT }),
       api("/v1/invoice", { month, plan }),
     ]);
     $("#kpi-usage").textContent = usd(day.total);
@@ -440,6 +445,10 @@ async function load() {
     renderDayChart(day, days);
     renderBars("#by-resource", resource, label);
     renderBars("#by-model", model, modelLabel);
+    renderBars("#by-customer", customer, customerLabel);
+    renderBars("#by-agent", agent, agentLabel);
+    $("#sessions-hint").textContent =
+      (sessions.sessions.length >= SESSION_LIMIT ? `the newest ${SESSION_LIMIT} · ` : "") + "click a session to see its records";
     renderSessions(sessions.sessions, showSession);
     renderInvoice(invoice);
     setStatus(`Updated ${new Date().toISOString().slice(11, 19)} UTC`, "ok");
