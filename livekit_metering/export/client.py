@@ -15,9 +15,8 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -54,8 +53,7 @@ class BatchRefused(CollectorError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class RecordResult:
+class RecordResult(NamedTuple):
     id: str
     status: str  # accepted | duplicate | conflict | rejected
     reason: str = ""
@@ -173,7 +171,9 @@ def _parse_results(text: str, ids: Sequence[str]) -> list[RecordResult]:
     if not isinstance(raw, list) or len(raw) != len(ids):
         raise RetryableError(f"collector answered {len(raw) if isinstance(raw, list) else '?'} results for {len(ids)}")
     results = []
-    for expected, item in zip(ids, raw, strict=True):
+    for n, (expected, item) in enumerate(zip(ids, raw, strict=True)):
+        if n % 256 == 255:
+            time.sleep(0)  # runs in the sender's thread: let the agent's thread have the GIL now and then
         if not isinstance(item, dict) or item.get("id") != expected or item.get("status") not in RESULT_STATUSES:
             raise RetryableError(f"collector result {item!r} does not answer record {expected!r}")
         results.append(RecordResult(expected, item["status"], str(item.get("reason") or "")))

@@ -22,8 +22,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..records import MeterRecord
 from .health import OutboxHealth
@@ -94,16 +94,14 @@ _SETTLE_CHUNK = 100
 DEAD_LETTER_KEEP = 10_000
 
 
-@dataclass(frozen=True)
-class PendingRecord:
+class PendingRecord(NamedTuple):
     id: str
     version: int
     body: str
     size: int
 
 
-@dataclass(frozen=True)
-class Settlement:
+class Settlement(NamedTuple):
     """What to do with one sent record: ``delete`` when confirmed, else ``dead`` with the reason."""
 
     id: str
