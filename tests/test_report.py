@@ -358,3 +358,17 @@ async def test_collector_report_matches_the_collector_and_the_file(
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: build_report(CollectorSource.from_env(url).records(None, None), PriceBook.bundled())
             )
+
+
+def test_long_exports_report_progress(tmp_path: Path, records: list[MeterRecord]) -> None:
+    from livekit_metering.report import StoreSource, with_progress
+
+    db = tmp_path / "collector.db"
+    asyncio.run(_fill_sqlite(db, records))
+    seen: list[tuple[int, int | None]] = []
+    source = StoreSource(f"sqlite:///{db}", chunk=5)
+    got = list(source.records(None, None, lambda done, total: seen.append((done, total))))
+    assert seen == [(5, 12), (10, 12), (12, 12)]  # sessions read so far, of all
+    assert sorted(r.id for r in got) == sorted(r.id for r in records)
+    shown = with_progress(source, None, None, show=True)  # the rich bar (on stderr) changes nothing read
+    assert sorted(r.id for r in shown) == sorted(r.id for r in records)
