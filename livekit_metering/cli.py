@@ -157,6 +157,34 @@ def demo(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def outbox(
+    path: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="The outbox file (default: LIVEKIT_METERING_OUTBOX, else this host's in the cache dir)."),
+    ] = None,
+    flush: Annotated[bool, typer.Option(help="Send the pending records to the collector first.")] = False,
+    url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="LIVEKIT_METERING_URL", help="Collector URL, for --flush."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds --flush may take.")] = 30.0,
+) -> None:
+    """Show an outbox's health (pending, oldest, dropped, dead letters); optionally flush it."""
+    import os
+
+    from .export.status import OutboxMissing, outbox_status
+
+    try:
+        text = outbox_status(
+            path or os.environ.get("LIVEKIT_METERING_OUTBOX"), url=url, flush_timeout=timeout if flush else None
+        )
+    except (OutboxMissing, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(text, nl=False)
+
+
 def main() -> None:
     app()
 

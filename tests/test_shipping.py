@@ -305,3 +305,28 @@ async def test_ashutdown_fits_a_livekit_shutdown_callback_and_does_not_block_the
     ticker.cancel()
     assert_exactly_once(collector, sent)
     assert ticks > 1, "the loop kept running during the flush"
+
+
+def test_the_outbox_command_shows_health_and_flushes(
+    tmp_path: Path, collector: StandInCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from livekit_metering.cli import app
+
+    monkeypatch.setenv("LIVEKIT_API_KEY", API_KEY)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", API_SECRET)
+    path = tmp_path / "o.sqlite3"
+    writer = Outbox(path)  # no URL: the records wait on disk
+    writer.export(records(12))
+    writer.close()
+    runner = CliRunner()
+    shown = runner.invoke(app, ["outbox", "--path", str(path)])
+    assert shown.exit_code == 0 and "pending=12" in shown.output
+    flushed = runner.invoke(app, ["outbox", "--path", str(path), "--flush", "--url", collector.url, "--timeout", "10"])
+    assert flushed.exit_code == 0, flushed.output
+    assert "the outbox is empty" in flushed.output and "pending=0" in flushed.output
+    assert len(collector.call(lambda: collector.store)) == 12
+    missing = runner.invoke(app, ["outbox", "--path", str(tmp_path / "nope.sqlite3")])
+    assert missing.exit_code == 2 and "no outbox at" in missing.output
+    assert not (tmp_path / "nope.sqlite3").exists()
