@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from decimal import Decimal
@@ -14,7 +15,7 @@ from livekit_metering.demo import SCRIPT, run_demo
 
 
 async def test_demo_session_reaches_the_collector_rounded_and_priced(tmp_path: Path) -> None:
-    console = Console(file=open(tmp_path / "out.txt", "w"), width=120)  # noqa: SIM115
+    console = Console(file=io.StringIO(), width=120)
     result = await run_demo(plan="ship", console=console, workdir=tmp_path)
 
     by_resource: dict[Resource, list] = {}
