@@ -19,7 +19,13 @@ app = typer.Typer(
 
 @app.command()
 def report(
-    records: Annotated[Optional[str], typer.Argument(help="A JSON-lines file of meter records.")] = None,  # noqa: UP045
+    records: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(
+            help="A JSON-lines file of meter records. With no source: LIVEKIT_METERING_URL, "
+            "else LIVEKIT_METERING_FILE, else the default records file."
+        ),
+    ] = None,
     url: Annotated[Optional[str], typer.Option(help="A collector's URL (signed with LIVEKIT_API_KEY/SECRET).")] = None,  # noqa: UP045
     database: Annotated[
         Optional[str],  # noqa: UP045

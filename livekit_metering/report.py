@@ -560,19 +560,43 @@ def with_progress(source: Source, since: datetime | None, until: datetime | None
 
 
 def open_source(path: str | None, *, url: str | None, database: str | None, project: str = "default") -> Source:
-    """The one source the options name: a records file, ``--url`` or ``--database``."""
+    """The one source the options name: a records file, ``--url`` or ``--database``.
+
+    With none given, LiveKit's convention: LIVEKIT_METERING_URL (the collector agents ship to),
+    else LIVEKIT_METERING_FILE, else the default records file agents write when nothing is set.
+    """
     given = [name for name, value in (("RECORDS.jsonl", path), ("--url", url), ("--database", database)) if value]
-    if len(given) != 1:
+    if len(given) > 1:
         raise ReportError(
             "give exactly one source: a JSON-lines records file, --url of a collector, or --database of a store"
-            + (f" (got {', '.join(given)})" if given else "")
+            f" (got {', '.join(given)})"
         )
+    if not given:
+        return _source_from_env()
     if url:
         return CollectorSource.from_env(url)
     if database:
         return StoreSource(database, project=project)
     assert path is not None
     return FileSource(Path(path))
+
+
+def _source_from_env() -> Source:
+    from .export.config import default_records_file
+
+    env_url = os.environ.get("LIVEKIT_METERING_URL")
+    if env_url:
+        return CollectorSource.from_env(env_url)
+    env_file = os.environ.get("LIVEKIT_METERING_FILE")
+    if env_file:
+        return FileSource(Path(env_file))
+    default = default_records_file()
+    if default.is_file():
+        return FileSource(default)
+    raise ReportError(
+        "no source: give a JSON-lines records file, --url of a collector or --database of a store "
+        f"(or set LIVEKIT_METERING_URL or LIVEKIT_METERING_FILE; the default records file {default} does not exist)"
+    )
 
 
 def run_report(

@@ -186,7 +186,7 @@ def test_the_plan_changes_the_prices(records_file: Path, records: list[MeterReco
     ("args", "message"),
     [
         (["missing.jsonl"], "no records file"),
-        ([], "give exactly one source"),
+        ([], "no source"),
         (["{file}", "--url", "http://127.0.0.1:9"], "give exactly one source"),
         (["{file}", "--group-by", "week"], "cannot group by 'week'"),
         (["{file}", "--since", "yesterday"], "cannot read the time 'yesterday'"),
@@ -201,6 +201,9 @@ def test_bad_options_are_named(
     records_file: Path, tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    for name in ("LIVEKIT_METERING_URL", "LIVEKIT_METERING_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     target = tmp_path / "should-not-exist.txt"
     code, _, err = invoke(*[a.replace("{file}", str(records_file)) for a in args], "--output", str(target))
     assert code == 2
@@ -372,3 +375,20 @@ def test_long_exports_report_progress(tmp_path: Path, records: list[MeterRecord]
     assert sorted(r.id for r in got) == sorted(r.id for r in records)
     shown = with_progress(source, None, None, show=True)  # the rich bar (on stderr) changes nothing read
     assert sorted(r.id for r in shown) == sorted(r.id for r in records)
+
+
+def test_without_a_source_the_environment_decides(
+    records_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIVEKIT_METERING_URL", raising=False)
+    monkeypatch.setenv("LIVEKIT_METERING_FILE", str(records_file))
+    code, out, _ = invoke("--format", "json")
+    assert code == 0 and len(json.loads(out)["sessions"]) == 12
+    # Nothing set: the default file agents write to when they have no configuration.
+    monkeypatch.delenv("LIVEKIT_METERING_FILE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    default = tmp_path / "cache" / "livekit-metering" / "records.jsonl"
+    default.parent.mkdir(parents=True)
+    default.write_bytes(records_file.read_bytes())
+    code, out, _ = invoke("--format", "json")
+    assert code == 0 and len(json.loads(out)["sessions"]) == 12
