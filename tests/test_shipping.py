@@ -330,3 +330,14 @@ def test_the_outbox_command_shows_health_and_flushes(
     missing = runner.invoke(app, ["outbox", "--path", str(tmp_path / "nope.sqlite3")])
     assert missing.exit_code == 2 and "no outbox at" in missing.output
     assert not (tmp_path / "nope.sqlite3").exists()
+
+
+def test_a_wrong_collector_path_keeps_records_instead_of_dead_lettering_them(
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
+    outbox = make_outbox(collector.url + "/not-the-collector")
+    outbox.export(records(8))
+    assert not outbox.flush(0.5)
+    health = outbox.health()
+    assert (health.pending, health.dead_letters) == (8, 0)
+    assert health.last_error and "404" in health.last_error and "LIVEKIT_METERING_URL" in health.last_error

@@ -66,7 +66,8 @@ class Sender:
     - rejected / conflict: moved to the dead-letter table with the reason, never retried blindly;
     - connection errors, timeouts, 429, 5xx: kept, retried after a full-jitter backoff or Retry-After;
     - 400 / 413 for a whole batch: the batch is split until the bad record stands alone, then dead-lettered;
-    - 401 / 403: kept and retried with backoff (fixing the key delivers them), logged as an error.
+    - 401 / 403 and other 4xx (a wrong key or URL): kept and retried with backoff, logged as an error,
+      so fixing the configuration delivers them.
     """
 
     def __init__(
@@ -192,7 +193,13 @@ class Sender:
         self._ready.set()
         try:
             while not self._stopping:
-                await self._step()
+                try:
+                    await self._step()
+                except Exception as exc:
+                    # A locked or failing outbox file, or a bug: keep the thread alive and retry later.
+                    logger.exception("livekit-metering sender step failed; retrying after a backoff")
+                    self._failed(f"{type(exc).__name__}: {exc}")
+                    await self._back_off(self.backoff.next())
         finally:
             await self.client.aclose()
 
@@ -228,6 +235,11 @@ class Sender:
         except BatchRefused as exc:
             if exc.status in (401, 403):
                 self._failed(f"{exc}; check LIVEKIT_API_KEY / LIVEKIT_API_SECRET", level=logging.ERROR)
+                await self._back_off(self.backoff.next())
+                return
+            if exc.status not in (400, 413):
+                # 404, 405...: a wrong URL or a proxy in the way, not a bad record. Keep everything.
+                self._failed(f"{exc}; check LIVEKIT_METERING_URL ({self.client.url})", level=logging.ERROR)
                 await self._back_off(self.backoff.next())
                 return
             self._failed(str(exc))
