@@ -62,8 +62,11 @@ class Collector:
                 outcome = next(outcomes)
                 reason = _REASONS.get(outcome, "")
                 results.append({"id": c.id, "status": outcome.value, "reason": reason})
+        counts: dict[str, int] = {}
         for r in results:
-            self.metrics.records.labels(r["status"]).inc()
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        for status, n in counts.items():
+            self.metrics.records.labels(status).inc(n)
         return results
 
 

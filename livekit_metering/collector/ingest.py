@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..rates import UnknownPolicy, get_policy
+from ..rates import UnknownPolicy, get_policy, policies
 from ..records import InvalidRecord, MeterRecord
 from .config import Limits
 from .store.base import Outcome, Stored
@@ -40,6 +40,9 @@ class Checked:
     @property
     def outcome(self) -> Outcome | None:
         return Outcome.REJECTED if self.item is None else None
+
+
+_POLICIES = policies()
 
 
 class _Batch(BaseModel):
@@ -68,6 +71,7 @@ def inflate(body: bytes, encoding: str | None, limits: Limits) -> bytes:
 def check_batch(data: bytes, limits: Limits, now: datetime | None = None) -> list[Checked]:
     """Validate every record of a ``{"records": [...]}`` body; raise BadRequest for the whole request."""
     now = now or datetime.now(timezone.utc)
+    window = (now - limits.max_past, now + limits.max_future, limits)
     try:
         # Fast path: one pass in pydantic's Rust core when the whole batch is well formed.
         records: list[Any] = _Batch.model_validate_json(data).records
@@ -89,7 +93,7 @@ def check_batch(data: bytes, limits: Limits, now: datetime | None = None) -> lis
             except InvalidRecord as exc:
                 out.append(Checked(rid, None, str(exc)))
                 continue
-        reason = _check(record, limits, now)
+        reason = _check(record, *window)
         out.append(Checked(record.id, None, reason) if reason else Checked(record.id, Stored(record)))
     return out
 
@@ -107,9 +111,9 @@ def _loose(data: bytes) -> list[Any]:
     return records
 
 
-def _check(record: MeterRecord, limits: Limits, now: datetime) -> str:
+def _check(record: MeterRecord, earliest: datetime, latest: datetime, limits: Limits) -> str:
     try:
-        policy = get_policy(record.policy)
+        policy = _POLICIES.get(record.policy) or get_policy(record.policy)
     except UnknownPolicy as exc:
         return str(exc)
     try:
@@ -118,8 +122,8 @@ def _check(record: MeterRecord, limits: Limits, now: datetime) -> str:
         why = f"policy {policy.id!r} has no rule for {record.resource.value}"
     if why:
         return why
-    if record.start < now - limits.max_past:
+    if record.start < earliest:
         return f"start {record.start.isoformat()} is more than {limits.max_past.days} days in the past"
-    if record.end > now + limits.max_future:
+    if record.end > latest:
         return f"end {record.end.isoformat()} is more than {int(limits.max_future.total_seconds())} s in the future"
     return ""

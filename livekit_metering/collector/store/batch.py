@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import Outcome, Stored, billable_of, epoch_ms, fold, rollup_key, session_fields
+from ...records import Resource
+from .base import Outcome, Stored, fold, rollup_keys, session_fields
 
 __all__ = ["BatchPlan", "plan_batch"]
 
@@ -37,11 +38,14 @@ class SessionDelta:
         self.room_sid = self.room_sid or r.room_sid
         self.agent_name = self.agent_name or r.agent_name
         self.customer = self.customer or r.customer
-        self.start_ms = min(self.start_ms, epoch_ms(r.start))
-        self.end_ms = max(self.end_ms, epoch_ms(r.end))
-        self.records += 1 if new_id else 0
-        fields = session_fields(r)
-        if fields:
+        if item.start_ms < self.start_ms:
+            self.start_ms = item.start_ms
+        if item.end_ms > self.end_ms:
+            self.end_ms = item.end_ms
+        if new_id:
+            self.records += 1
+        if r.resource is Resource.AGENT_SESSION:
+            fields = session_fields(r)
             self.has_agent = True
             self.closed = fields["closed"]
             self.end_cause = "webhook" if item.by_webhook and not fields["end_cause"] else fields["end_cause"]
@@ -75,15 +79,30 @@ class BatchPlan:
     rollups: dict[RollupKey, list[int]] = field(default_factory=dict)  # key -> [billable, raw, records]
     sessions: dict[str, SessionDelta] = field(default_factory=dict)
 
+    def _apply(self, before: Stored | None, after: Stored) -> None:
+        if before is None:
+            self.inserts.append(after)
+        else:
+            self.updates.append(after)
+            self._roll(before, -1)
+        self._roll(after, +1)
+        sid = after.record.session_id
+        delta = self.sessions.get(sid)
+        if delta is None:
+            delta = self.sessions[sid] = SessionDelta(session_id=sid)
+        delta.add(after, new_id=before is None)
+
     def _roll(self, item: Stored, sign: int) -> None:
-        r = item.record
-        key = rollup_key(r)
-        acc = self.rollups.get(key)
-        if acc is None:
-            acc = self.rollups[key] = [0, 0, 0]
-        acc[0] += sign * billable_of(r)
-        acc[1] += sign * r.raw
-        acc[2] += sign
+        billable, raw = sign * item.billable, sign * item.record.raw
+        rollups = self.rollups
+        for key in rollup_keys(item):
+            acc = rollups.get(key)
+            if acc is None:
+                rollups[key] = [billable, raw, sign]
+            else:
+                acc[0] += billable
+                acc[1] += raw
+                acc[2] += sign
 
     def rollup_rows(self, project: str) -> list[tuple[Any, ...]]:
         # Sorted, so concurrent transactions on PostgreSQL take row locks in the same order.
@@ -97,24 +116,20 @@ def plan_batch(items: Sequence[Stored], existing: Mapping[str, Stored]) -> Batch
     """Decide every item's outcome against what is stored (``existing``, by id) and within the batch."""
     by_id: dict[str, list[int]] = {}
     for i, item in enumerate(items):
-        by_id.setdefault(item.record.id, []).append(i)
+        positions = by_id.get(item.record.id)
+        if positions is None:
+            by_id[item.record.id] = [i]
+        else:
+            positions.append(i)
     plan = BatchPlan(outcomes=[Outcome.ACCEPTED] * len(items))
     for rid, positions in by_id.items():
         before = existing.get(rid)
+        if before is None and len(positions) == 1:  # the common case: a new id, once
+            plan._apply(None, items[positions[0]])
+            continue
         outcomes, after = fold(before, [items[i] for i in positions])
         for i, outcome in zip(positions, outcomes, strict=True):
             plan.outcomes[i] = outcome
-        if after is None or after is before:
-            continue
-        if before is None:
-            plan.inserts.append(after)
-        else:
-            plan.updates.append(after)
-            plan._roll(before, -1)
-        plan._roll(after, +1)
-        sid = after.record.session_id
-        delta = plan.sessions.get(sid)
-        if delta is None:
-            delta = plan.sessions[sid] = SessionDelta(session_id=sid)
-        delta.add(after, new_id=before is None)
+        if after is not None and after is not before:
+            plan._apply(before, after)
     return plan

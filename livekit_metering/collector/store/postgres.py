@@ -20,7 +20,8 @@ import asyncpg
 from ...records import MeterRecord
 from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow
 from .batch import plan_batch
-from .sqlite import record_row, session_query, session_row, usage_query, usage_row
+from .queries_sql import session_query, session_row, usage_query, usage_row
+from .rows import COLUMNS, NAMES, READ_COLUMNS, record_row, stored_from_row
 
 __all__ = ["PostgresStore"]
 
@@ -32,8 +33,10 @@ MIGRATIONS: list[str] = [
         project TEXT NOT NULL, id TEXT NOT NULL, session_id TEXT NOT NULL,
         resource TEXT NOT NULL, unit TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
         agent_name TEXT NOT NULL, customer TEXT NOT NULL, room TEXT NOT NULL, room_sid TEXT NOT NULL,
+        worker_id TEXT NOT NULL, language TEXT NOT NULL, policy TEXT NOT NULL, quantity TEXT NOT NULL,
         status TEXT NOT NULL, start_ms BIGINT NOT NULL, end_ms BIGINT NOT NULL, day TEXT NOT NULL,
-        billable BIGINT NOT NULL, raw BIGINT NOT NULL, by_webhook INTEGER NOT NULL, body TEXT NOT NULL,
+        billable BIGINT NOT NULL, raw BIGINT NOT NULL, by_webhook INTEGER NOT NULL,
+        attributes TEXT NOT NULL, meta TEXT NOT NULL,
         PRIMARY KEY (project, id)
     );
     CREATE INDEX records_session ON records (project, session_id);
@@ -41,10 +44,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX records_open ON records (project, room_sid)
         WHERE resource = 'agent_session' AND (status = 'checkpoint' OR by_webhook = 1);
     CREATE TABLE rollup (
-        project TEXT NOT NULL, day TEXT NOT NULL, resource TEXT NOT NULL, unit TEXT NOT NULL,
-        model TEXT NOT NULL, agent_name TEXT NOT NULL, customer TEXT NOT NULL, provider TEXT NOT NULL,
+        project TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, day TEXT NOT NULL,
+        resource TEXT NOT NULL, unit TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
         billable BIGINT NOT NULL, raw BIGINT NOT NULL, records BIGINT NOT NULL,
-        PRIMARY KEY (project, day, resource, unit, model, agent_name, customer, provider)
+        PRIMARY KEY (project, dim, day, key, resource, unit, model, provider)
     );
     CREATE TABLE sessions (
         project TEXT NOT NULL, session_id TEXT NOT NULL, room TEXT NOT NULL, room_sid TEXT NOT NULL,
@@ -61,27 +64,20 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_RECORD_TYPES = [
-    "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
-    "text", "bigint", "bigint", "text", "bigint", "bigint", "integer", "text",
-]  # fmt: skip
-_RECORD_COLS = (
-    "project, id, session_id, resource, unit, model, provider, agent_name, customer, room, room_sid, "
-    "status, start_ms, end_ms, day, billable, raw, by_webhook, body"
-)
 _INSERT = (
-    f"INSERT INTO records ({_RECORD_COLS}) SELECT * FROM unnest("
-    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_RECORD_TYPES))
+    f"INSERT INTO records ({', '.join(NAMES)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{kind}[]" for i, (_, kind) in enumerate(COLUMNS))
     + ") ON CONFLICT DO NOTHING RETURNING id"
 )
 _UPDATE = (
-    "UPDATE records SET session_id=$3, resource=$4, unit=$5, model=$6, provider=$7, agent_name=$8, customer=$9,"
-    " room=$10, room_sid=$11, status=$12, start_ms=$13, end_ms=$14, day=$15, billable=$16, raw=$17,"
-    " by_webhook=$18, body=$19 WHERE project=$1 AND id=$2"
+    "UPDATE records SET "
+    + ", ".join(f"{name} = ${i + 1}" for i, name in enumerate(NAMES) if name not in ("project", "id"))
+    + " WHERE project = $1 AND id = $2"
 )
 _ROLLUP = (
-    "INSERT INTO rollup AS r VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
-    " ON CONFLICT (project, day, resource, unit, model, agent_name, customer, provider) DO UPDATE SET"
+    "INSERT INTO rollup AS r (project, dim, key, day, resource, unit, model, provider, billable, raw, records)"
+    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
+    " ON CONFLICT (project, dim, day, key, resource, unit, model, provider) DO UPDATE SET"
     " billable = r.billable + excluded.billable, raw = r.raw + excluded.raw, records = r.records + excluded.records"
 )
 _SESSION = """
@@ -150,9 +146,9 @@ class PostgresStore(Store):
     async def _ingest_tx(self, conn: Any, project: str, items: Sequence[Stored]) -> list[Outcome]:
         ids = sorted({item.record.id for item in items})
         existing = {
-            rid: Stored(MeterRecord.model_validate_json(body), bool(hook))
-            for rid, body, hook in await conn.fetch(
-                "SELECT id, body, by_webhook FROM records WHERE project = $1 AND id = ANY($2::text[])"
+            row[0]: stored_from_row(tuple(row))
+            for row in await conn.fetch(
+                f"SELECT {READ_COLUMNS} FROM records WHERE project = $1 AND id = ANY($2::text[])"
                 " ORDER BY id FOR UPDATE",
                 project,
                 ids,
@@ -189,7 +185,7 @@ class PostgresStore(Store):
         self, project: str, *, session_id: str | None = None, room_sid: str | None = None, room: str | None = None
     ) -> list[Stored]:
         sql = (
-            "SELECT body, by_webhook FROM records WHERE project = $1 AND resource = 'agent_session'"
+            f"SELECT {READ_COLUMNS} FROM records WHERE project = $1 AND resource = 'agent_session'"
             " AND (status = 'checkpoint' OR by_webhook = 1)"
         )
         args: list[Any] = [project]
@@ -198,7 +194,7 @@ class PostgresStore(Store):
                 args.append(value)
                 sql += f" AND {col} = ${len(args)}"
         rows = await self.pool.fetch(sql, *args)
-        return [Stored(MeterRecord.model_validate_json(body), bool(hook)) for body, hook in rows]
+        return [stored_from_row(tuple(row)) for row in rows]
 
     async def sessions(self, project: str, flt: SessionFilter) -> list[SessionRow]:
         sql, args = session_query(project, flt, "$")
@@ -208,12 +204,12 @@ class PostgresStore(Store):
         if not session_ids:
             return []
         rows = await self.pool.fetch(
-            "SELECT body FROM records WHERE project = $1 AND session_id = ANY($2::text[])"
+            f"SELECT {READ_COLUMNS} FROM records WHERE project = $1 AND session_id = ANY($2::text[])"
             " ORDER BY session_id, start_ms, id",
             project,
             list(session_ids),
         )
-        return [MeterRecord.model_validate_json(row[0]) for row in rows]
+        return [stored_from_row(tuple(row)).record for row in rows]
 
     async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
         sql, args = usage_query(project, since, until, group_by, "$")

@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...records import MeterRecord, Resource, Status, Unit
-from .base import (
-    GROUPS,
-    Outcome,
-    SessionFilter,
-    SessionRow,
-    Store,
-    Stored,
-    UsageRow,
-    billable_of,
-    day_of,
-    epoch_ms,
-    from_ms,
-)
-from .batch import plan_batch
+from ...records import MeterRecord
+from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow
+from .batch import BatchPlan, plan_batch
+from .queries_sql import session_query, session_row, usage_query, usage_row
+from .rows import NAMES, READ_COLUMNS, record_row, stored_from_row
 
 __all__ = ["SqliteStore"]
 
@@ -44,8 +35,10 @@ MIGRATIONS: list[str] = [
         project TEXT NOT NULL, id TEXT NOT NULL, session_id TEXT NOT NULL,
         resource TEXT NOT NULL, unit TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
         agent_name TEXT NOT NULL, customer TEXT NOT NULL, room TEXT NOT NULL, room_sid TEXT NOT NULL,
+        worker_id TEXT NOT NULL, language TEXT NOT NULL, policy TEXT NOT NULL, quantity TEXT NOT NULL,
         status TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, day TEXT NOT NULL,
-        billable INTEGER NOT NULL, raw INTEGER NOT NULL, by_webhook INTEGER NOT NULL, body TEXT NOT NULL,
+        billable INTEGER NOT NULL, raw INTEGER NOT NULL, by_webhook INTEGER NOT NULL,
+        attributes TEXT NOT NULL, meta TEXT NOT NULL,
         PRIMARY KEY (project, id)
     );
     CREATE INDEX records_session ON records (project, session_id);
@@ -53,11 +46,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX records_open ON records (project, room_sid)
         WHERE resource = 'agent_session' AND (status = 'checkpoint' OR by_webhook = 1);
     CREATE TABLE rollup (
-        project TEXT NOT NULL, day TEXT NOT NULL, resource TEXT NOT NULL, unit TEXT NOT NULL,
-        model TEXT NOT NULL, agent_name TEXT NOT NULL, customer TEXT NOT NULL, provider TEXT NOT NULL,
+        project TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, day TEXT NOT NULL,
+        resource TEXT NOT NULL, unit TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
         billable INTEGER NOT NULL, raw INTEGER NOT NULL, records INTEGER NOT NULL,
-        PRIMARY KEY (project, day, resource, unit, model, agent_name, customer, provider)
-    );
+        PRIMARY KEY (project, dim, day, key, resource, unit, model, provider)
+    ) WITHOUT ROWID;
     CREATE TABLE sessions (
         project TEXT NOT NULL, session_id TEXT NOT NULL, room TEXT NOT NULL, room_sid TEXT NOT NULL,
         agent_name TEXT NOT NULL, customer TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
@@ -73,221 +66,17 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_RECORD_COLS = (
-    "project, id, session_id, resource, unit, model, provider, agent_name, customer, room, room_sid, "
-    "status, start_ms, end_ms, day, billable, raw, by_webhook, body"
+_INSERT = f"INSERT INTO records ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})"
+_UPDATE = (
+    "UPDATE records SET "
+    + ", ".join(f"{name} = ?{i + 1}" for i, name in enumerate(NAMES) if name not in ("project", "id"))
+    + " WHERE project = ?1 AND id = ?2"
 )
-
-
-def record_row(project: str, item: Stored) -> tuple[Any, ...]:
-    r = item.record
-    return (
-        project,
-        r.id,
-        r.session_id,
-        r.resource.value,
-        r.unit.value,
-        r.model,
-        r.provider,
-        r.agent_name,
-        r.customer,
-        r.room,
-        r.room_sid,
-        r.status.value,
-        epoch_ms(r.start),
-        epoch_ms(r.end),
-        day_of(r.start),
-        billable_of(r),
-        r.raw,
-        1 if item.by_webhook else 0,
-        r.model_dump_json(),
-    )
-
-
-def _stored(body: str, by_webhook: Any) -> Stored:
-    return Stored(MeterRecord.model_validate_json(body), bool(by_webhook))
-
-
-class SqliteStore(Store):
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
-        self.path = str(path)
-        self._synchronous = synchronous
-        self._db: sqlite3.Connection | None = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._pool is None:
-            raise RuntimeError("the store is not open; use `async with store:` or await store.open()")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None
-        return self._db
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metering-sqlite")
-        await self._run(self._open_sync)
-
-    def _open_sync(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute("PRAGMA busy_timeout=30000")
-        db.execute("PRAGMA cache_size=-65536")  # 64 MB page cache: keeps the id index hot while ingesting
-        self._db = db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = row[0] or 0
-            for version, script in enumerate(MIGRATIONS, start=1):
-                if version > current:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    async def close(self) -> None:
-        if self._pool is None:
-            return
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._pool.shutdown(wait=True)
-        self._pool = None
-
-    # -- writes ----------------------------------------------------------------------------------
-
-    async def ingest(self, project: str, items: Sequence[Stored]) -> list[Outcome]:
-        if not items:
-            return []
-        return await self._run(self._ingest_sync, project, items)
-
-    def _ingest_sync(self, project: str, items: Sequence[Stored]) -> list[Outcome]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            ids = list({item.record.id for item in items})
-            existing: dict[str, Stored] = {}
-            for chunk in range(0, len(ids), 900):
-                part = ids[chunk : chunk + 900]
-                marks = ",".join("?" * len(part))
-                for rid, body, hook in db.execute(
-                    f"SELECT id, body, by_webhook FROM records WHERE project = ? AND id IN ({marks})",
-                    (project, *part),
-                ):
-                    existing[rid] = _stored(body, hook)
-            plan = plan_batch(items, existing)
-            if plan.inserts:
-                db.executemany(
-                    f"INSERT INTO records ({_RECORD_COLS}) VALUES ({','.join('?' * 19)})",
-                    [record_row(project, item) for item in plan.inserts],
-                )
-            if plan.updates:
-                db.executemany(
-                    "UPDATE records SET resource=?2, unit=?3, model=?4, provider=?5, agent_name=?6, customer=?7,"
-                    " room=?8, room_sid=?9, status=?10, start_ms=?11, end_ms=?12, day=?13, billable=?14, raw=?15,"
-                    " by_webhook=?16, body=?17, session_id=?18 WHERE project=?1 AND id=?19",
-                    [_update_row(project, item) for item in plan.updates],
-                )
-            if plan.rollups:
-                db.executemany(
-                    "INSERT INTO rollup VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
-                    " billable = billable + excluded.billable, raw = raw + excluded.raw,"
-                    " records = records + excluded.records",
-                    plan.rollup_rows(project),
-                )
-            if plan.sessions:
-                db.executemany(_SESSION_UPSERT, plan.session_rows(project))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return plan.outcomes
-
-    async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
-        def mark() -> bool:
-            import time
-
-            cur = self.db.execute(
-                "INSERT INTO webhooks VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                (project, event_id, event, int(time.time() * 1000)),
-            )
-            return cur.rowcount == 1
-
-        return await self._run(mark)
-
-    # -- reads -----------------------------------------------------------------------------------
-
-    async def open_agent_sessions(
-        self, project: str, *, session_id: str | None = None, room_sid: str | None = None, room: str | None = None
-    ) -> list[Stored]:
-        sql = (
-            "SELECT body, by_webhook FROM records WHERE project = ? AND resource = 'agent_session'"
-            " AND (status = 'checkpoint' OR by_webhook = 1)"
-        )
-        args: list[Any] = [project]
-        for col, value in (("session_id", session_id), ("room_sid", room_sid), ("room", room)):
-            if value is not None:
-                sql += f" AND {col} = ?"
-                args.append(value)
-
-        def read() -> list[Stored]:
-            return [_stored(body, hook) for body, hook in self.db.execute(sql, args)]
-
-        return await self._run(read)
-
-    async def sessions(self, project: str, flt: SessionFilter) -> list[SessionRow]:
-        sql, args = _session_query(project, flt, "?")
-
-        def read() -> list[SessionRow]:
-            return [_session_row(row) for row in self.db.execute(sql, args)]
-
-        return await self._run(read)
-
-    async def session_records(self, project: str, session_ids: Sequence[str]) -> list[MeterRecord]:
-        def read() -> list[MeterRecord]:
-            out: list[MeterRecord] = []
-            for sid in session_ids:
-                rows = self.db.execute(
-                    "SELECT body FROM records WHERE project = ? AND session_id = ? ORDER BY start_ms, id",
-                    (project, sid),
-                )
-                out.extend(MeterRecord.model_validate_json(body) for (body,) in rows)
-            return out
-
-        return await self._run(read)
-
-    async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
-        sql, args = usage_query(project, since, until, group_by, "?")
-
-        def read() -> list[UsageRow]:
-            return [usage_row(row) for row in self.db.execute(sql, args)]
-
-        return await self._run(read)
-
-    async def count(self, project: str) -> int:
-        def read() -> int:
-            return int(self.db.execute("SELECT COUNT(*) FROM records WHERE project = ?", (project,)).fetchone()[0])
-
-        return await self._run(read)
-
-
-def _update_row(project: str, item: Stored) -> tuple[Any, ...]:
-    row = record_row(project, item)
-    # (project, resource..body) then session_id, id: matches the numbered parameters above.
-    return (project, *row[3:], row[2], row[1])
-
-
+_ROLLUP = (
+    "INSERT INTO rollup (project, dim, key, day, resource, unit, model, provider, billable, raw, records)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+    " billable = billable + excluded.billable, raw = raw + excluded.raw, records = records + excluded.records"
+)
 _SESSION_UPSERT = """
 INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
     room = CASE WHEN room = '' THEN excluded.room ELSE room END,
@@ -304,91 +93,203 @@ INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE 
     agent_unit = CASE WHEN excluded.has_agent THEN excluded.agent_unit ELSE agent_unit END
 """
 
-SESSION_COLS = (
-    "session_id, room, room_sid, agent_name, customer, start_ms, end_ms, closed, end_cause,"
-    " agent_billable, agent_unit, records"
-)
 
+class SqliteStore(Store):
+    """Writes run on the event loop except the two calls that may wait (taking the write lock and the
+    fsync of COMMIT), which run in a thread. Keeping the Python work of a batch on one thread avoids
+    the GIL hand-offs a worker thread would cost on every row; an asyncio lock keeps one write
+    transaction at a time. Reads use their own connection in their own thread (WAL readers never
+    block the writer, and never see a half-written batch)."""
 
-def _session_query(project: str, flt: SessionFilter, mark: str) -> tuple[str, list[Any]]:
-    """SQL for the sessions list; ``mark`` is "?" (SQLite) or "$" (PostgreSQL numbered parameters)."""
-    args: list[Any] = [project]
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        self._synchronous = synchronous
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reads: ThreadPoolExecutor | None = None
+        self._waits: ThreadPoolExecutor | None = None
+        self._write_lock = asyncio.Lock()
 
-    def p(value: Any) -> str:
-        args.append(value)
-        return "?" if mark == "?" else f"${len(args)}"
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._reads is None:
+            raise RuntimeError("the store is not open; use `async with store:` or await store.open()")
+        return await asyncio.get_running_loop().run_in_executor(self._reads, fn, *args)
 
-    where = ["project = " + ("?" if mark == "?" else "$1")]
-    if flt.since is not None:
-        where.append(f"end_ms >= {p(epoch_ms(flt.since))}")
-    if flt.until is not None:
-        where.append(f"start_ms < {p(epoch_ms(flt.until))}")
-    for col, value in (("room", flt.room), ("agent_name", flt.agent), ("customer", flt.customer)):
-        if value is not None:
-            where.append(f"{col} = {p(value)}")
-    sql = f"SELECT {SESSION_COLS} FROM sessions WHERE {' AND '.join(where)} ORDER BY start_ms DESC, session_id"
-    sql += f" LIMIT {p(flt.limit)}"
-    return sql, args
+    async def _wait(self, sql: str) -> None:
+        """Run a statement that may block (lock wait, fsync) in a thread; finish it even if cancelled."""
+        if self._waits is None or self._writer is None:
+            raise RuntimeError("the store is not open")
+        future = asyncio.get_running_loop().run_in_executor(self._waits, self._writer.execute, sql)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await future  # the statement is running; never touch the connection under it
+            raise
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise RuntimeError("the store is not open")
+        return self._reader
 
-def _session_row(row: Sequence[Any]) -> SessionRow:
-    return SessionRow(
-        session_id=row[0],
-        room=row[1],
-        room_sid=row[2],
-        agent_name=row[3],
-        customer=row[4],
-        start=from_ms(row[5]),
-        end=from_ms(row[6]),
-        closed=bool(row[7]),
-        end_cause=row[8],
-        agent_billable=int(row[9]),
-        agent_unit=row[10],
-        records=int(row[11]),
-    )
+    # -- lifecycle -------------------------------------------------------------------------------
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA cache_size=-32768")  # 32 MB of page cache keeps the id index hot while ingesting
+        return db
 
-session_row = _session_row
-session_query = _session_query
+    async def open(self) -> None:
+        self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metering-sqlite-read")
+        self._waits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metering-sqlite-commit")
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._run(self._connect)
+        await self._wait("BEGIN IMMEDIATE")
+        try:
+            self._migrate(self._writer)
+            await self._wait("COMMIT")
+        except BaseException:
+            self._writer.execute("ROLLBACK")
+            raise
+        # An in-memory database is private to its connection: read through the writer then.
+        self._reader = self._writer if self.path == ":memory:" else await self._run(self._connect)
 
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version > current:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
-def usage_query(project: str, since: date, until: date, group_by: str, mark: str) -> tuple[str, list[Any]]:
-    col = GROUPS[group_by]
-    ph = ["?", "?", "?"] if mark == "?" else ["$1", "$2", "$3"]
-    if group_by == "room":
-        args: list[Any] = [project, _day_ms(since), _day_ms(until)]
+    async def close(self) -> None:
+        async with self._write_lock:  # let a batch being written finish
+            for conn in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
+                await self._run(conn.close)
+            self._reader = self._writer = None
+            for pool in (self._reads, self._waits):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._reads = self._waits = None
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def ingest(self, project: str, items: Sequence[Stored]) -> list[Outcome]:
+        if not items:
+            return []
+        async with self._write_lock:
+            if self._writer is None:
+                raise RuntimeError("the store is closed")
+            db = self._writer
+            await self._wait("BEGIN IMMEDIATE")
+            try:
+                plan = self._write(db, project, items)
+                await self._wait("COMMIT")  # durable (fsynced) before anyone is told "accepted"
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return plan.outcomes
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, project: str, items: Sequence[Stored]) -> BatchPlan:
+        ids = list({item.record.id for item in items})
+        existing: dict[str, Stored] = {}
+        for chunk in range(0, len(ids), 900):
+            part = ids[chunk : chunk + 900]
+            marks = ",".join("?" * len(part))
+            for row in db.execute(
+                f"SELECT {READ_COLUMNS} FROM records WHERE project = ? AND id IN ({marks})", (project, *part)
+            ):
+                existing[row[0]] = stored_from_row(row)
+        plan = plan_batch(items, existing)
+        if plan.inserts:
+            db.executemany(_INSERT, [record_row(project, item) for item in plan.inserts])
+        if plan.updates:
+            db.executemany(_UPDATE, [record_row(project, item) for item in plan.updates])
+        if plan.rollups:
+            db.executemany(_ROLLUP, plan.rollup_rows(project))
+        if plan.sessions:
+            db.executemany(_SESSION_UPSERT, plan.session_rows(project))
+        return plan
+
+    async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
+        async with self._write_lock:
+            if self._writer is None:
+                raise RuntimeError("the store is closed")
+            await self._wait("BEGIN IMMEDIATE")
+            try:
+                cur = self._writer.execute(
+                    "INSERT INTO webhooks VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                    (project, event_id, event, int(time.time() * 1000)),
+                )
+                await self._wait("COMMIT")
+            except BaseException:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise
+            return cur.rowcount == 1
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def open_agent_sessions(
+        self, project: str, *, session_id: str | None = None, room_sid: str | None = None, room: str | None = None
+    ) -> list[Stored]:
         sql = (
-            "SELECT room, resource, unit, model, provider, SUM(billable), SUM(raw), COUNT(*) FROM records"
-            f" WHERE project = {ph[0]} AND start_ms >= {ph[1]} AND start_ms < {ph[2]}"
-            " GROUP BY room, resource, unit, model, provider ORDER BY room, resource, unit, model, provider"
+            f"SELECT {READ_COLUMNS} FROM records WHERE project = ? AND resource = 'agent_session'"
+            " AND (status = 'checkpoint' OR by_webhook = 1)"
         )
-        return sql, args
-    args = [project, since.isoformat(), until.isoformat()]
-    sql = (
-        f"SELECT {col}, resource, unit, model, provider, SUM(billable), SUM(raw), SUM(records) FROM rollup"
-        f" WHERE project = {ph[0]} AND day >= {ph[1]} AND day < {ph[2]}"
-        f" GROUP BY {col}, resource, unit, model, provider ORDER BY {col}, resource, unit, model, provider"
-    )
-    return sql, args
+        args: list[Any] = [project]
+        for col, value in (("session_id", session_id), ("room_sid", room_sid), ("room", room)):
+            if value is not None:
+                sql += f" AND {col} = ?"
+                args.append(value)
 
+        def read() -> list[Stored]:
+            return [stored_from_row(row) for row in self.db.execute(sql, args)]
 
-def _day_ms(day: date) -> int:
-    from datetime import datetime, timezone
+        return await self._run(read)
 
-    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp() * 1000)
+    async def sessions(self, project: str, flt: SessionFilter) -> list[SessionRow]:
+        sql, args = session_query(project, flt, "?")
 
+        def read() -> list[SessionRow]:
+            return [session_row(row) for row in self.db.execute(sql, args)]
 
-def usage_row(row: Sequence[Any]) -> UsageRow:
-    return UsageRow(
-        key=str(row[0]),
-        resource=Resource(row[1]),
-        unit=Unit(row[2]),
-        model=row[3],
-        provider=row[4],
-        billable=int(row[5]),
-        raw=int(row[6]),
-        records=int(row[7]),
-    )
+        return await self._run(read)
 
+    async def session_records(self, project: str, session_ids: Sequence[str]) -> list[MeterRecord]:
+        def read() -> list[MeterRecord]:
+            out: list[Stored] = []
+            for sid in session_ids:
+                # INDEXED BY: without statistics the planner may pick the start-time index and scan.
+                rows = self.db.execute(
+                    f"SELECT {READ_COLUMNS} FROM records INDEXED BY records_session"
+                    " WHERE project = ? AND session_id = ?",
+                    (project, sid),
+                )
+                out.extend(sorted((stored_from_row(row) for row in rows), key=lambda s: (s.start_ms, s.record.id)))
+            return [s.record for s in out]
 
-_ = Status  # re-exported names used by type checkers only
+        return await self._run(read)
+
+    async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
+        sql, args = usage_query(project, since, until, group_by, "?")
+
+        def read() -> list[UsageRow]:
+            return [usage_row(row) for row in self.db.execute(sql, args)]
+
+        return await self._run(read)
+
+    async def count(self, project: str) -> int:
+        def read() -> int:
+            return int(self.db.execute("SELECT COUNT(*) FROM records WHERE project = ?", (project,)).fetchone()[0])
+
+        return await self._run(read)

@@ -1,0 +1,93 @@
+"""SQL for the read side, shared by SQLite ("?" parameters) and PostgreSQL ("$n" parameters)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timezone
+from typing import Any
+
+from ...records import Resource, Unit
+from .base import GROUPS, SessionFilter, SessionRow, UsageRow, epoch_ms, from_ms
+
+__all__ = ["session_query", "session_row", "usage_query", "usage_row"]
+
+SESSION_COLS = (
+    "session_id, room, room_sid, agent_name, customer, start_ms, end_ms, closed, end_cause,"
+    " agent_billable, agent_unit, records"
+)
+
+
+class _Params:
+    def __init__(self, style: str) -> None:
+        self.style = style
+        self.args: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.args.append(value)
+        return "?" if self.style == "?" else f"${len(self.args)}"
+
+
+def session_query(project: str, flt: SessionFilter, style: str) -> tuple[str, list[Any]]:
+    p = _Params(style)
+    where = [f"project = {p(project)}"]
+    if flt.since is not None:
+        where.append(f"end_ms >= {p(epoch_ms(flt.since))}")
+    if flt.until is not None:
+        where.append(f"start_ms < {p(epoch_ms(flt.until))}")
+    for col, value in (("room", flt.room), ("agent_name", flt.agent), ("customer", flt.customer)):
+        if value is not None:
+            where.append(f"{col} = {p(value)}")
+    sql = f"SELECT {SESSION_COLS} FROM sessions WHERE {' AND '.join(where)} ORDER BY start_ms DESC, session_id"
+    sql += f" LIMIT {p(flt.limit)}"
+    return sql, p.args
+
+
+def session_row(row: Sequence[Any]) -> SessionRow:
+    return SessionRow(
+        session_id=row[0],
+        room=row[1],
+        room_sid=row[2],
+        agent_name=row[3],
+        customer=row[4],
+        start=from_ms(int(row[5])),
+        end=from_ms(int(row[6])),
+        closed=bool(row[7]),
+        end_cause=row[8],
+        agent_billable=int(row[9]),
+        agent_unit=row[10],
+        records=int(row[11]),
+    )
+
+
+def _day_ms(day: date) -> int:
+    return epoch_ms(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+
+
+def usage_query(project: str, since: date, until: date, group_by: str, style: str) -> tuple[str, list[Any]]:
+    dim, col = GROUPS[group_by]
+    p = _Params(style)
+    if group_by == "room":
+        return (
+            "SELECT room, resource, unit, model, provider, SUM(billable), SUM(raw), COUNT(*) FROM records"
+            f" WHERE project = {p(project)} AND start_ms >= {p(_day_ms(since))} AND start_ms < {p(_day_ms(until))}"
+            " GROUP BY room, resource, unit, model, provider ORDER BY room, resource, unit, model, provider"
+        ), p.args
+    return (
+        f"SELECT {col}, resource, unit, model, provider, SUM(billable), SUM(raw), SUM(records) FROM rollup"
+        f" WHERE project = {p(project)} AND dim = {p(dim)} AND day >= {p(since.isoformat())}"
+        f" AND day < {p(until.isoformat())}"
+        f" GROUP BY {col}, resource, unit, model, provider ORDER BY {col}, resource, unit, model, provider"
+    ), p.args
+
+
+def usage_row(row: Sequence[Any]) -> UsageRow:
+    return UsageRow(
+        key=str(row[0]),
+        resource=Resource(row[1]),
+        unit=Unit(row[2]),
+        model=row[3],
+        provider=row[4],
+        billable=int(row[5]),
+        raw=int(row[6]),
+        records=int(row[7]),
+    )
