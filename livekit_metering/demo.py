@@ -186,9 +186,10 @@ async def run_demo(
         PriceBook.bundled().plan(plan)  # before anything starts
     except UnknownPlan as exc:
         raise DemoError(str(exc)) from None
-    # The worker's own logs would bury the demo's output; warnings and errors still show.
+    # The worker's own logs (dev-mode notices about warm processes and loop stalls) would bury the
+    # demo's output; errors still show.
     for name in ("livekit", "livekit.agents", "livekit_metering", "livekit_metering.collector"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
     if workdir is not None:
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
         return await _run_in(workdir, console, plan, script)

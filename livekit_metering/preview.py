@@ -263,6 +263,8 @@ class CostPreview:
             cost = self.book.price_of(record, plan=self.plan)
             self._costs[record.id] = cost
             total = self.total
+        if record.raw == 0 and record.status is Status.CHECKPOINT:
+            return  # the session just opened: nothing to show yet
         if self.live and not self._closed:
             self.console.print(self._line(record, cost, total), highlight=False)
 
