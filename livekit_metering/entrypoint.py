@@ -106,9 +106,14 @@ class MeteringOptions:
             try:
                 pickle.dumps(value)
             except Exception as exc:
+                fix = (
+                    "pass a factory instead, called in each job: a class, a module-level function, "
+                    "or functools.partial(FileExporter, path)"
+                    if field.name == "exporter"
+                    else "use a module-level function or class instead of a lambda, closure or open resource"
+                )
                 raise TypeError(
-                    f"metered({field.name}=...) cannot be pickled into the job process ({exc}); "
-                    "use a module-level function or class instead of a lambda, closure or open resource"
+                    f"metered({field.name}=...) cannot be pickled into the job process ({exc}); {fix}"
                 ) from None
 
     # -- resolution in the job process ---------------------------------------------------------------

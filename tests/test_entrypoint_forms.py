@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from livekit.agents import AgentServer, WorkerOptions
 
 from livekit_metering.entrypoint import MeteredEntrypoint, MeteringOptions, metered
 from livekit_metering.export import read_records
+from livekit_metering.export.file import FileExporter
 from livekit_metering.rates import UnknownPolicy
 from livekit_metering.records import Resource
 
@@ -45,6 +47,14 @@ def test_an_unpicklable_option_fails_when_pickled_and_names_the_option() -> None
     entry = metered(_jobs.plain, customer=lambda ctx: "acme")
     with pytest.raises(TypeError, match=r"metered\(customer=\.\.\.\) cannot be pickled"):
         pickle.dumps(entry)
+
+
+def test_an_exporter_instance_with_a_lock_does_not_pickle_but_a_factory_does(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"metered\(exporter=\.\.\.\) cannot be pickled.*pass a factory"):
+        pickle.dumps(metered(_jobs.plain, exporter=FileExporter(tmp_path / "a.jsonl")))
+    entry = metered(_jobs.plain, exporter=functools.partial(FileExporter, tmp_path / "b.jsonl"))
+    exporter, owned = pickle.loads(pickle.dumps(entry)).options.build_exporter()
+    assert isinstance(exporter, FileExporter) and exporter.path == tmp_path / "b.jsonl" and owned
 
 
 def test_the_wrapper_looks_like_the_entrypoint() -> None:
