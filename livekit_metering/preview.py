@@ -257,8 +257,8 @@ class CostPreview:
     def __call__(self, record: MeterRecord) -> None:
         with self._lock:
             stored = self._records.get(record.id)
-            if stored is not None and not record.supersedes(stored) and stored.is_final:
-                return  # a stale checkpoint or resend: the stored figure stands
+            if stored is not None and not record.supersedes(stored):
+                return  # a stale checkpoint or a resend: the stored figure stands
             self._records[record.id] = record
             cost = self.book.price_of(record, plan=self.plan)
             self._costs[record.id] = cost

@@ -194,3 +194,13 @@ def test_maybe_attach_preview_with_a_user_price_book(tmp_path: Path) -> None:
     meter = Meter(session_id="AJ_prices", exporter=FileExporter(tmp_path / "r.jsonl"))
     assert maybe_attach_preview(meter, option=True, prices=str(tmp_path / "missing.toml"), console=console()) is None
     assert meter.record(Resource.TTS, 5, usage="tts-1", start=T0, end=T0, model=TTS_MODEL) is not None  # unharmed
+
+
+def test_an_older_checkpoint_does_not_replace_a_newer_one(book: PriceBook) -> None:
+    preview = CostPreview(book=book, console=console())
+    records = session_records("AJ_order", T0, 250, room="r", agent="a", customer="c", checkpoint=True)
+    newer = records[0]  # 125 s: three minutes so far
+    older = newer.model_copy(update={"raw": 30_000, "quantity": Decimal(1), "end": T0 + timedelta(seconds=30)})
+    preview(newer)
+    preview(older)
+    assert preview.records == [newer]
