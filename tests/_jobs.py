@@ -83,3 +83,8 @@ def _now() -> datetime:
 
 def reset() -> None:
     _together.reset()
+
+
+async def stays_in_the_room(ctx: JobContext) -> None:
+    """Connects and returns, like most agents: the session goes on until something ends it."""
+    await ctx.connect()

@@ -85,6 +85,23 @@ async def test_thread_executor_keeps_concurrent_sessions_apart(tmp_path: Path) -
     assert all(r.meta["end_cause"] == "shutdown" for r in sessions.values())
 
 
+async def test_closing_the_worker_ends_its_running_sessions_as_worker_shutdown(tmp_path: Path) -> None:
+    out = tmp_path / "records.jsonl"
+
+    def sessions() -> list[MeterRecord]:
+        return [r for r in all_records(out) if r.resource is Resource.AGENT_SESSION]
+
+    async with running_server(metered(_jobs.stays_in_the_room, file=out), JobExecutorType.THREAD) as server:
+        await server.simulate_job("long-call", fake_job=True)
+        await until(lambda: bool(sessions()), timeout=60)  # connected: the open checkpoint is on disk
+    # leaving the block closes the worker, which asks the job to shut down
+
+    (final,) = [r for r in sessions() if r.is_final]
+    assert final.meta["end_cause"] == "worker_shutdown"
+    assert final.meta["shutdown_reason"] == "parent process shutdown"
+    assert final.room == "long-call"
+
+
 @pytest.fixture(autouse=True)
 def _quiet_worker_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING", logger="livekit.agents")
