@@ -128,6 +128,13 @@ async def wait_ready(url: str) -> None:
     raise RuntimeError(f"{url} did not start")
 
 
+def worker_pids(parent: int) -> list[int]:
+    """The serving processes: the forked workers when there are any, else the process itself."""
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    found = [int(p) for p in children.read_text().split()] if children.exists() else []
+    return found or [parent]
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -182,6 +189,7 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--database", default="", help="collector store URL (default: a fresh SQLite file)")
+    parser.add_argument("--workers", type=int, default=1, help="collector processes (serve --workers)")
     args = parser.parse_args()
 
     now = datetime.now(timezone.utc)
@@ -208,7 +216,7 @@ async def main() -> None:
     env = {**os.environ, "LIVEKIT_API_KEY": TEST_KEY, "LIVEKIT_API_SECRET": TEST_SECRET}
     database = args.database or f"sqlite:///{tmp / 'collector.db'}"
     serve = [sys.executable, "-c", "from livekit_metering.cli import main; main()", "serve", "--port", str(port)]
-    collector = start([*serve, "--database", database], env)
+    collector = start([*serve, "--database", database, "--workers", str(args.workers)], env)
     try:
         await wait_ready(url)
         rate = await send_all(url, ab, args.concurrency, ab_records)
@@ -216,7 +224,7 @@ async def main() -> None:
         if rest:
             print(f"loading the remaining {len(records) - ab_records:,} records ...", flush=True)
             await send_all(url, rest, args.concurrency, len(records) - ab_records)
-        rss = peak_rss_mb(collector.pid)
+        rss = max([peak_rss_mb(pid) for pid in worker_pids(collector.pid)] or [peak_rss_mb(collector.pid)])
         since = now.replace(day=1).date().isoformat()
         mtd_ms, mtd = await timed_get(url, f"/v1/usage?group_by=resource&since={since}", 21)
         model_ms, _ = await timed_get(url, f"/v1/usage?group_by=model&since={since}", 21)
@@ -230,13 +238,13 @@ async def main() -> None:
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; store: {database.split('://')[0]}")
     print(f"ingest, batches of {args.batch}, {args.concurrency} connections, {ab_records:,} records, durable commits:")
     print(f"  bare aiohttp + json + SQLite insert: {bare_rate:10,.0f} records/s")
-    print(f"  collector (verify, validate, dedupe, roll-ups): {rate:10,.0f} records/s")
+    print(f"  collector, {args.workers} worker(s) (verify, validate, dedupe, roll-ups): {rate:10,.0f} records/s")
     print(f"month-to-date at {len(records):,} records (median of 21 HTTP requests):")
     print(f"  /v1/usage?group_by=resource  {mtd_ms:7.1f} ms   total ${mtd['total']}")
     print(f"  /v1/usage?group_by=model     {model_ms:7.1f} ms")
     print(f"  /v1/invoice (ship)           {inv_ms:7.1f} ms")
     print(f"  /v1/sessions?limit=100       {sess_ms:7.1f} ms")
-    print(f"collector peak RSS while ingesting: {rss:.0f} MB")
+    print(f"collector peak RSS while ingesting: {rss:.0f} MB (per process; {args.workers} worker(s))")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Most records per request.")] = 5000,
     max_past_days: Annotated[int, typer.Option(help="Oldest record start accepted, in days.")] = 35,
     max_future_seconds: Annotated[int, typer.Option(help="Latest record end accepted, in seconds ahead.")] = 300,
+    workers: Annotated[int, typer.Option(help="Processes sharing the port (validation on several cores).")] = 1,
 ) -> None:
     """Run the collector: ingest signed records, LiveKit webhooks, query API, dashboard."""
     from .collector.serve import ServeError, build_config, run_serve
@@ -143,7 +144,7 @@ def serve(
     except ServeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    run_serve(config, host=host, port=port)
+    run_serve(config, host=host, port=port, workers=workers)
 
 
 @app.command()

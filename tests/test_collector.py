@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
@@ -334,3 +337,39 @@ async def test_openapi_health_metrics_and_dashboard(collector: str, http: aiohtt
         assert resp.status in (200, 404)  # served when the dashboard files are installed
     async with http.get(f"{collector}/dashboard/../../app.py") as resp:
         assert resp.status == 404
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def test_keys_file_maps_keys_to_projects_and_bad_files_say_what_to_fix(tmp_path: Path) -> None:
+    from livekit_metering.collector.auth import AuthError, KeyRing, KeysFileError
+    from livekit_metering.collector.serve import ServeError, build_config
+
+    good = tmp_path / "keys.toml"
+    good.write_text(
+        f'[keys.{TEST_KEY}]\nsecret = "{TEST_SECRET}"\nproject = "acme"\n\n'
+        f'[keys.{OTHER_KEY}]\nsecret = "{OTHER_SECRET}"\nproject = "globex"\n'
+    )
+    ring = KeyRing.load(good)
+    assert ring.verify(sign()).name == "acme"
+    assert ring.verify(sign(key=OTHER_KEY, secret=OTHER_SECRET)).name == "globex"
+    with pytest.raises(AuthError, match="unknown API key"):
+        ring.verify(sign(key="APIelse", secret=TEST_SECRET))
+
+    bad = tmp_path / "bad.toml"
+    for text, words in (
+        ("not toml [", "cannot read keys file"),
+        ("[other]\n", "expected [keys.<API key>]"),
+        ('[keys.K]\nsecret = "short"\n', "at least 8 characters"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(KeysFileError, match=re.escape(words)):
+            KeyRing.load(bad)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_API_")}
+    with mock.patch.dict(os.environ, env, clear=True):
+        with pytest.raises(ServeError, match="no API keys"):
+            build_config()
+        config = build_config(keys=str(good), max_batch=10)
+        assert (len(config.keys), config.limits.max_batch) == (2, 10)

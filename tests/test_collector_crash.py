@@ -30,11 +30,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(db: Path, port: int) -> subprocess.Popen[bytes]:
+def _start(db: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LIVEKIT_API_KEY": TEST_KEY, "LIVEKIT_API_SECRET": TEST_SECRET}
     cmd = [sys.executable, "-c", "from livekit_metering.cli import main; main()", "serve", "--port", str(port)]
     return subprocess.Popen(
-        [*cmd, "--database", f"sqlite:///{db}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cmd, "--database", f"sqlite:///{db}", "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -103,16 +106,18 @@ async def test_kill_9_right_after_an_ack_loses_nothing_acknowledged(tmp_path: Pa
     assert acked <= stored
 
 
-async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, workers: int) -> None:
     db = tmp_path / "metering.db"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
-        proc = _start(db, port)
+        proc = _start(db, port, workers)
         try:
             await _wait_ready(http, url, proc)
             batches = [[rec("T", f"llm-{b}-{i}") for i in range(500)] for b in range(6)]
-            tasks = [asyncio.create_task(post(http, url, body_of(batch))) for batch in batches]
+            # Each batch twice: with two workers, the copies race on the shared SQLite file.
+            tasks = [asyncio.create_task(post(http, url, body_of(batch))) for batch in batches for _ in range(2)]
             await asyncio.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             answers = await asyncio.gather(*tasks, return_exceptions=True)

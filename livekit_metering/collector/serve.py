@@ -7,7 +7,11 @@ is lost, and nothing half-received was acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -61,7 +65,47 @@ def build_config(
     return CollectorConfig(database=database, keys=ring, limits=limits, prices=prices)
 
 
-def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8790) -> None:
+def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8790, workers: int = 1) -> None:
+    """Serve until SIGINT/SIGTERM. ``workers`` > 1 forks that many processes sharing one listening
+    socket (the kernel spreads connections), so validation runs on several cores; they share the
+    store (SQLite serialises their commits, PostgreSQL row-locks them). /metrics then shows the
+    counters of the worker that answered."""
     configure_logging()
-    log.info("listening", extra={"host": host, "port": port})
-    web.run_app(create_app(config), host=host, port=port, shutdown_timeout=30, print=None, access_log=None)
+    log.info("listening", extra={"host": host, "port": port, "workers": workers})
+    if workers <= 1:
+        web.run_app(create_app(config), host=host, port=port, shutdown_timeout=30, print=None, access_log=None)
+        return
+    sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
+    sock.set_inheritable(True)
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve on the shared socket; run_app handles SIGTERM gracefully
+            code = 0
+            try:
+                web.run_app(create_app(config), sock=sock, shutdown_timeout=30, print=None, access_log=None)
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    sock.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
+                continue
+        status = status or os.waitstatus_to_exitcode(code)
+    if status:
+        raise SystemExit(status)
