@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -341,3 +342,29 @@ def test_a_wrong_collector_path_keeps_records_instead_of_dead_lettering_them(
     health = outbox.health()
     assert (health.pending, health.dead_letters) == (8, 0)
     assert health.last_error and "404" in health.last_error and "LIVEKIT_METERING_URL" in health.last_error
+
+
+def test_retry_after_is_honoured(make_outbox: MakeOutbox, collector: StandInCollector) -> None:
+    collector.faults = ["429"]
+    collector.retry_after = "1"
+    outbox = make_outbox(collector.url, backoff=Backoff(0.01, 0.02))  # our own backoff alone would retry at once
+    sent = records(3)
+    outbox.export(sent)
+    assert outbox.flush(10)
+    first, second = collector.request_times[:2]
+    assert second - first >= 0.9, "the retry waited for the server's Retry-After"
+    assert_exactly_once(collector, sent)
+
+
+def test_shutdown_returns_within_its_budget_when_the_collector_hangs(
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
+    collector.faults = ["slow"] * 5
+    collector.slow_s = 6.0
+    outbox = make_outbox(collector.url, request_timeout=30.0)
+    outbox.export(records(5))
+    began = time.monotonic()
+    outbox.shutdown(timeout=1.0)
+    # Generous bound: what matters is fitting livekit-agents' ~10 s shutdown window.
+    assert time.monotonic() - began < 8.0
+    assert outbox.health().pending == 5, "the unsent records stay on disk for the next process"

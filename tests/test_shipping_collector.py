@@ -15,6 +15,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ class StandInCollector:
     reject_ids: set[str] = field(default_factory=set)  # answered "rejected" (e.g. outside the time window)
     poison_ids: set[str] = field(default_factory=set)  # a batch holding one is refused whole with 400
     requests: int = 0
+    request_times: list[float] = field(default_factory=list)  # time.monotonic() of each request
     gzipped_requests: int = 0
     bad_signatures: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
@@ -80,6 +82,7 @@ class StandInCollector:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.request_times.append(time.monotonic())
         fault = self.faults.pop(0) if self.faults else None
         if fault == "reset":
             assert request.transport is not None
@@ -133,7 +136,7 @@ class StandInCollector:
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_post("/v1/records", self.handle)
             # auto_decompress=False: the sha256 claim covers the bytes as sent, so hash them before gunzip.
-            self._runner = web.AppRunner(app, handle_signals=False, auto_decompress=False)
+            self._runner = web.AppRunner(app, handle_signals=False, auto_decompress=False, shutdown_timeout=0.5)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
             loop.run_until_complete(site.start())

@@ -230,7 +230,7 @@ class Sender:
         except (RetryableError, asyncio.TimeoutError) as exc:
             retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
             self._failed(str(exc) or "request timed out")
-            await self._back_off(self.backoff.next(retry_after))
+            await self._back_off(self.backoff.next(retry_after), server_asked=retry_after is not None)
             return
         except BatchRefused as exc:
             if exc.status in (401, 403):
@@ -275,7 +275,7 @@ class Sender:
         self._batch_limit = min(self.max_batch, self._batch_limit * 2)
         self._maybe_checkpoint()
 
-    async def _back_off(self, delay: float) -> None:
+    async def _back_off(self, delay: float, *, server_asked: bool = False) -> None:
         if self._deadline is not None:
             self._flush_failures += 1
         if self._deadline is not None and (
@@ -290,14 +290,16 @@ class Sender:
             self._urgent = False
             if self._stopping:
                 return
-        await self._sleep(delay, wakeable=False)
+        # A flush cuts our own backoff short, never a wait the collector asked for (Retry-After).
+        await self._sleep(delay, wakeable=False, urgent=not server_asked)
 
-    async def _sleep(self, seconds: float, *, wakeable: bool) -> None:
-        """Wait, checkpointing the WAL now and then; a flush/stop always interrupts, new records only if wakeable."""
+    async def _sleep(self, seconds: float, *, wakeable: bool, urgent: bool = True) -> None:
+        """Wait, checkpointing the WAL now and then; stopping always interrupts, a flush if ``urgent``,
+        new records if ``wakeable``."""
         assert self._kick is not None
         end = time.monotonic() + seconds
         while not self._stopping:
-            if self._urgent:
+            if self._urgent and urgent:
                 self._urgent = False
                 return
             remaining = end - time.monotonic()
