@@ -128,7 +128,7 @@ class MeteredLLMStream(llm.LLMStream):
     Unlike FallbackLLMStream it runs no task or channel of its own: the consumer reads the wrapped
     stream through ``__anext__``, which counts output characters on the way. That keeps the cost
     per chunk to a few attribute updates, and keeps errors, retries and spans exactly the wrapped
-    model's. Anything not defined here is read from the wrapped stream.
+    model's.
     """
 
     def __init__(self, metered: MeteredLLM, kwargs: dict[str, Any]) -> None:
@@ -150,10 +150,32 @@ class MeteredLLMStream(llm.LLMStream):
             # the wrapped metrics task ends after its LLMMetrics are out: the request is complete
             self._inner._metrics_task.add_done_callback(lambda _: self._finalize())
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "_inner":  # not set yet: a failure inside __init__
-            raise AttributeError(name)
-        return getattr(self._inner, name)
+    # What livekit-agents reads or writes on a stream besides its public API. Delegated one by
+    # one rather than through __getattr__: a class with __getattr__ makes every attribute access
+    # on it slower (CPython cannot specialize it), and this object sits on the hot path.
+    @property
+    def _llm(self) -> llm.LLM[Any]:  # type: ignore[override]
+        return self._metered
+
+    @property
+    def _chat_ctx(self) -> llm.ChatContext:  # type: ignore[override]
+        return self._inner._chat_ctx
+
+    @property
+    def _tools(self) -> list[llm.Tool]:  # type: ignore[override]
+        return self._inner._tools
+
+    @property
+    def _conn_options(self) -> APIConnectOptions:  # type: ignore[override]
+        return self._inner._conn_options
+
+    @property
+    def _task(self) -> asyncio.Task[None]:  # type: ignore[override]
+        return self._inner._task
+
+    @property
+    def _llm_request_span(self) -> Any:  # type: ignore[override]
+        return self._inner._llm_request_span
 
     # FallbackAdapter writes this on the streams of its children
     @property

@@ -183,7 +183,7 @@ class MeteredRecognizeStream(stt.RecognizeStream):
 
     Frames go straight to the wrapped stream (their duration is added up on the way) and events
     are read straight from it, so the proxy adds no task or channel of its own (see
-    MeteredLLMStream). Anything not defined here is read from the wrapped stream.
+    MeteredLLMStream).
     """
 
     def __init__(self, metered: MeteredSTT, kwargs: dict[str, Any]) -> None:
@@ -193,7 +193,8 @@ class MeteredRecognizeStream(stt.RecognizeStream):
         self._who = Attribution.of(metered._wrapped, kwargs.get("language"))
         self._usage = self._meter.next_usage("stt")
         self._span = Span()
-        self._audio_s = 0.0
+        self._samples = 0  # audio forwarded, in samples per channel at _sample_rate
+        self._sample_rate = 0
         self._provider_s = 0.0
         self._finalized = False
         self._timer: asyncio.TimerHandle | None = None
@@ -202,14 +203,20 @@ class MeteredRecognizeStream(stt.RecognizeStream):
             self._inner: stt.RecognizeStream = metered._wrapped.stream(**kwargs)
         finally:
             _owner.reset(token)
+        self._push_frame = self._inner.push_frame
         with never_raises("watching an STT stream"):
             self._inner._metrics_task.add_done_callback(lambda _: self._finalize())
             self._arm_checkpoint()
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "_inner":
-            raise AttributeError(name)
-        return getattr(self._inner, name)
+    # What livekit-agents reads on a stream besides its public API, delegated one by one (see
+    # MeteredLLMStream: no __getattr__ on the hot path)
+    @property
+    def _stt(self) -> stt.STT[Any]:  # type: ignore[override]
+        return self._metered
+
+    @property
+    def _task(self) -> asyncio.Task[None]:  # type: ignore[override]
+        return self._inner._task
 
     # settable properties of RecognizeStream, forwarded to the provider stream
     @property
@@ -237,8 +244,12 @@ class MeteredRecognizeStream(stt.RecognizeStream):
         self._inner.start_time = value
 
     def push_frame(self, frame: rtc.AudioFrame) -> None:
-        self._inner.push_frame(frame)
-        self._audio_s += frame.samples_per_channel / frame.sample_rate
+        # the hot path (50 frames a second for the whole session): one call and one addition.
+        # The wrapped push_frame raises on a sample-rate change, so one rate holds for all.
+        self._push_frame(frame)
+        self._samples += frame.samples_per_channel
+        if not self._sample_rate:
+            self._sample_rate = frame.sample_rate
 
     def flush(self) -> None:
         self._inner.flush()
@@ -285,7 +296,7 @@ class MeteredRecognizeStream(stt.RecognizeStream):
 
     def _record(self, status: Status, meta: Meta) -> None:
         connection_ms = self._span.elapsed_ms()
-        audio_ms = round(self._audio_s * 1000)
+        audio_ms = self._samples * 1000 // self._sample_rate if self._sample_rate else 0
         provider_ms = round(self._provider_s * 1000)
         raw = max(connection_ms, audio_ms, provider_ms)
         meta = {

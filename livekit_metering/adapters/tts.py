@@ -120,9 +120,11 @@ def _record_synthesize(
 class MeteredSynthesizeStream(tts.SynthesizeStream):
     """A metered streaming synthesis: a transparent proxy over the wrapped stream.
 
-    Text goes straight to the wrapped stream (its length is added up on the way), audio is read
-    straight from it; no task or channel of its own (see MeteredLLMStream). Anything not defined
-    here is read from the wrapped stream.
+    Text goes straight to the wrapped stream and audio is read straight from it; no task or
+    channel of its own (see MeteredLLMStream). The characters of a segment are the text the
+    wrapped stream forwarded to its provider since the last flush: ``SynthesizeStream`` keeps
+    exactly that (``_mtc_text``, the text its own TTSMetrics count), which costs nothing per
+    push. Should a livekit-agents release drop it, the proxy counts each forwarded push itself.
     """
 
     def __init__(self, metered: MeteredTTS, kwargs: dict[str, Any]) -> None:
@@ -130,38 +132,52 @@ class MeteredSynthesizeStream(tts.SynthesizeStream):
         self._metered = metered
         self._meter = resolve_meter(metered._meter)
         self._who = Attribution.of(metered._wrapped)
-        self._pending = 0  # characters pushed since the last flush
-        self._segment_span: Span | None = None
         self._finalized = False
         self._inner: tts.SynthesizeStream = metered._wrapped.stream(**kwargs)
-        sent = getattr(self._inner, "_input_buffer", None)
-        self._sent: list[Any] | None = sent if isinstance(sent, list) else None
+        self._segment_span = Span()
+        self._pending = 0  # characters forwarded since the last flush (fallback counting only)
+        # getattr, not vars(): materializing the wrapped stream's __dict__ would slow down every
+        # attribute access it makes on itself
+        self._sent: list[Any] | None = None
+        if isinstance(getattr(self._inner, "_mtc_text", None), str):
+            self.push_text = self._inner.push_text  # type: ignore[method-assign]
+        elif isinstance(buffer := getattr(self._inner, "_input_buffer", None), list):
+            self._sent = buffer
         with never_raises("watching a TTS stream"):
             self._inner._task.add_done_callback(lambda _: self._finalize())
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "_inner":
-            raise AttributeError(name)
-        return getattr(self._inner, name)
+    # What livekit-agents reads on a stream besides its public API, delegated one by one (see
+    # MeteredLLMStream: no __getattr__ on the hot path)
+    @property
+    def _tts(self) -> tts.TTS[Any]:  # type: ignore[override]
+        return self._metered
+
+    @property
+    def _task(self) -> asyncio.Task[None]:  # type: ignore[override]
+        return self._inner._task
+
+    @property
+    def _tts_request_span(self) -> Any:  # type: ignore[override]
+        return self._inner._tts_request_span
 
     def push_text(self, token: str) -> None:
-        # SynthesizeStream.push_text silently drops text (after end_input, or a second segment in
-        # one stream); what it forwarded is what lands in its input buffer
+        # fallback counting: SynthesizeStream.push_text silently drops text (after end_input, or a
+        # second segment in one stream); what it forwarded is what lands in its input buffer
         buffer = self._sent
         sent = len(buffer) if buffer is not None else 0
         self._inner.push_text(token)
         if token and (buffer is None or len(buffer) > sent):
-            if self._segment_span is None:
-                self._segment_span = Span()
             self._pending += len(token)
 
     def flush(self) -> None:
+        chars = self._segment_chars()
         self._inner.flush()
-        self._close_segment(Status.OK, "flushed")
+        self._close_segment(chars, Status.OK, "flushed")
 
     def end_input(self) -> None:
+        chars = self._segment_chars()
         self._inner.end_input()  # flushes, like the base class
-        self._close_segment(Status.OK, "flushed")
+        self._close_segment(chars, Status.OK, "flushed")
 
     def __anext__(self) -> Coroutine[Any, Any, tts.SynthesizedAudio]:  # type: ignore[override]
         return self._inner.__anext__()
@@ -175,11 +191,14 @@ class MeteredSynthesizeStream(tts.SynthesizeStream):
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:  # never started
         raise NotImplementedError
 
-    def _close_segment(self, status: Status, outcome: str, error: str = "") -> None:
-        if not self._pending or self._segment_span is None:
+    def _segment_chars(self) -> int:
+        text = getattr(self._inner, "_mtc_text", None)
+        return len(text) if isinstance(text, str) and self._sent is None else self._pending
+
+    def _close_segment(self, chars: int, status: Status, outcome: str, error: str = "") -> None:
+        span, self._segment_span, self._pending = self._segment_span, Span(), 0
+        if not chars:
             return
-        chars, span = self._pending, self._segment_span
-        self._pending, self._segment_span = 0, None
         with never_raises("recording a TTS segment"):
             meta: Meta = {"mode": "stream", "outcome": outcome}
             if error:
@@ -191,9 +210,11 @@ class MeteredSynthesizeStream(tts.SynthesizeStream):
         if self._finalized:
             return
         self._finalized = True
-        outcome, error = status_of(getattr(self._inner, "_task", None))
-        if outcome is Status.ERROR:
-            self._close_segment(Status.ERROR, "error", error)
-        else:
-            # text handed over but never flushed: the segment was interrupted
-            self._close_segment(Status.CANCELLED, "interrupted")
+        with never_raises("recording a TTS stream"):
+            chars = self._segment_chars()
+            outcome, error = status_of(getattr(self._inner, "_task", None))
+            if outcome is Status.ERROR:
+                self._close_segment(chars, Status.ERROR, "error", error)
+            else:
+                # text handed over but never flushed: the segment was interrupted
+                self._close_segment(chars, Status.CANCELLED, "interrupted")

@@ -1,0 +1,133 @@
+"""Overhead of the Metered adapters: a wrapped against an unwrapped stream, in the same run.
+
+    .venv/bin/python benchmarks/bench_adapters.py [--items 10000] [--rounds 41]
+
+Each round streams ``--items`` LLM chunks, STT frames and TTS text pushes through a scripted
+provider (tests/fakes.py), once bare and once wrapped, alternating so drift hits both alike.
+The report gives the best time of each (the run least disturbed by other load), the overhead
+ratio (wrapped / bare) and the median of the per-round ratios; the target is within 5 %. The scripted providers do almost no work per item, so the ratio is an upper bound:
+a real provider (network, JSON) spends far more per item than these fakes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from fakes import FakeLLM, FakeSTT, FakeTTS, MemoryExporter, silence
+from livekit.agents import llm, stt, tts
+
+from livekit_metering.adapters import MeteredLLM, MeteredSTT, MeteredTTS
+from livekit_metering.meter import Meter
+
+
+async def llm_run(model: llm.LLM[Any], items: int) -> None:
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="benchmark")
+    count = 0
+    async with model.chat(chat_ctx=ctx) as stream:
+        async for _ in stream:
+            count += 1
+    assert count == items + 1  # the chunks and the usage chunk
+
+
+async def stt_run(model: stt.STT[Any], frames: list[Any]) -> None:
+    stream = model.stream()
+    for frame in frames:
+        stream.push_frame(frame)
+    stream.end_input()
+    async for _ in stream:
+        pass
+    await stream.aclose()
+
+
+async def tts_run(model: tts.TTS[Any], items: int) -> None:
+    stream = model.stream()
+    for _ in range(items):
+        stream.push_text("a ")
+    stream.end_input()
+    async for _ in stream:
+        pass
+    await stream.aclose()
+
+
+async def timed(run: Callable[[], Awaitable[None]]) -> float:
+    gc.collect()
+    gc.disable()  # a collection landing in one run and not the other is noise, not overhead
+    try:
+        start = time.perf_counter()
+        await run()
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
+
+
+async def compare(
+    name: str, bare: Callable[[], Awaitable[None]], wrapped: Callable[[], Awaitable[None]], rounds: int
+) -> tuple[str, float, float, float, float]:
+    """Best and median of each; the best is the least disturbed by other load on the machine."""
+    await bare()  # warm up both paths
+    await wrapped()
+    bare_times: list[float] = []
+    wrapped_times: list[float] = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            bare_times.append(await timed(bare))
+            wrapped_times.append(await timed(wrapped))
+        else:
+            wrapped_times.append(await timed(wrapped))
+            bare_times.append(await timed(bare))
+    best_bare, best_wrapped = min(bare_times), min(wrapped_times)
+    median_ratio = statistics.median(w / b for w, b in zip(wrapped_times, bare_times, strict=True))
+    return name, best_bare, best_wrapped, best_wrapped / best_bare, median_ratio
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=41)
+    args = parser.parse_args()
+    items, rounds = args.items, args.rounds
+
+    meter = Meter(exporter=MemoryExporter(), keep_records=False)
+    reply = " ".join(["w"] * items)
+    bare_llm, bare_stt = FakeLLM(reply=reply), FakeSTT(report_usage=False)
+    bare_tts = FakeTTS(streaming=True, seconds_per_char=0.0001)
+    metered_llm = MeteredLLM(FakeLLM(reply=reply), meter=meter)
+    metered_stt = MeteredSTT(FakeSTT(report_usage=False), meter=meter)
+    metered_tts = MeteredTTS(FakeTTS(streaming=True, seconds_per_char=0.0001), meter=meter)
+    frames = silence(items * 0.02)
+
+    results = [
+        await compare(
+            f"LLM {items:,} chunks", lambda: llm_run(bare_llm, items), lambda: llm_run(metered_llm, items), rounds
+        ),
+        await compare(
+            f"STT {items:,} frames", lambda: stt_run(bare_stt, frames), lambda: stt_run(metered_stt, frames), rounds
+        ),
+        await compare(
+            f"TTS {items:,} pushes", lambda: tts_run(bare_tts, items), lambda: tts_run(metered_tts, items), rounds
+        ),
+    ]
+    cores = os.cpu_count()
+    print(f"Python {platform.python_version()}, {platform.machine()}, {cores} cores, {rounds} rounds")
+    print(f"{'stream':<22}{'bare ms':>9}{'metered ms':>12}{'ratio':>8}{'median ratio':>14}{'µs/item':>9}")
+    for name, bare, wrapped, ratio, median_ratio in results:
+        per_item = (wrapped - bare) / items * 1e6
+        print(f"{name:<22}{bare * 1e3:>9.1f}{wrapped * 1e3:>12.1f}{ratio:>8.3f}{median_ratio:>14.3f}{per_item:>9.2f}")
+    print("bare/metered ms: best run of each; ratio: best metered / best bare; µs/item: added per item")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
