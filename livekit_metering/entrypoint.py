@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast, overload
 from .costlog import log_summary, summarize
 from .export.base import Exporter
 from .meter import use_meter
+from .preview import CostPreview, maybe_attach_preview
 from .rates import RatePolicy, get_policy
 from .session import Clock, EndCause, SessionMeter, register
 
@@ -78,6 +79,7 @@ class MeteringOptions:
     checkpoint_interval: float | None = None
     customer: CustomerOption | None = None
     attributes: AttributesOption | None = None
+    preview: bool | None = None
     clock: Clock | None = None  # for tests: a controllable clock
 
     def __post_init__(self) -> None:
@@ -253,6 +255,7 @@ def metered(
     checkpoint_interval: float | None = ...,
     customer: CustomerOption | None = ...,
     attributes: AttributesOption | None = ...,
+    preview: bool | None = ...,
     clock: Clock | None = ...,
 ) -> MeteredEntrypoint: ...
 
@@ -271,6 +274,7 @@ def metered(
     checkpoint_interval: float | None = ...,
     customer: CustomerOption | None = ...,
     attributes: AttributesOption | None = ...,
+    preview: bool | None = ...,
     clock: Clock | None = ...,
 ) -> Callable[[Entrypoint], MeteredEntrypoint]: ...
 
@@ -288,6 +292,7 @@ def metered(
     checkpoint_interval: float | None = None,
     customer: CustomerOption | None = None,
     attributes: AttributesOption | None = None,
+    preview: bool | None = None,
     clock: Clock | None = None,
 ) -> MeteredEntrypoint | Callable[[Entrypoint], MeteredEntrypoint]:
     """Meter the agent session of every job this entrypoint runs.
@@ -304,7 +309,9 @@ def metered(
       time a hard crash can lose;
     - ``customer``: a callable ``(ctx) -> str | None``, or a key (LIVEKIT_METERING_CUSTOMER) looked up
       in the job metadata (a JSON object), then in the participants' attributes;
-    - ``attributes``: a callable ``(ctx) -> dict[str, str]`` of labels for the records.
+    - ``attributes``: a callable ``(ctx) -> dict[str, str]`` of labels for the records;
+    - ``preview`` (LIVEKIT_METERING_PREVIEW): a live cost preview in the terminal and a summary
+      table at the end; on by default in ``dev`` and ``console`` mode.
     """
     options = MeteringOptions(
         file=os.fspath(file) if file is not None else None,
@@ -316,6 +323,7 @@ def metered(
         checkpoint_interval=checkpoint_interval,
         customer=customer,
         attributes=attributes,
+        preview=preview,
         clock=clock,
     )
     if fn is None:
@@ -339,6 +347,9 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
             attribution=_Attribution(ctx, options.resolved_customer(), options.attributes),
         )
         hooks = _JobHooks(ctx, meter, options, exporter=exporter, owns_exporter=owned)
+        hooks.preview = maybe_attach_preview(
+            meter, option=options.preview, plan=options.resolved_plan(), prices=options.resolved_prices()
+        )
         hooks.install()
         register(ctx, meter)
         return hooks
@@ -488,6 +499,7 @@ class _JobHooks:
         self.options = options
         self.exporter = exporter
         self.owns_exporter = owns_exporter
+        self.preview: CostPreview | None = None
         self._runner_future: asyncio.Future[Any] | None = None
 
     def install(self) -> None:
@@ -567,6 +579,8 @@ class _JobHooks:
             )
             if summary.connected or self.meter.records:
                 log_summary(summary)
+            if self.preview is not None:
+                self.preview.close()
         except Exception:
             logger.exception("livekit-metering could not finish the session of %s", self.meter.session_id)
         if self.owns_exporter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -123,8 +124,13 @@ _default_lock = threading.Lock()
 
 
 def current_meter() -> Meter:
-    """The meter of the running job (set by ``metered``), else the process-wide default meter."""
-    meter = _current.get()
+    """The meter of the running job, else the process-wide default meter.
+
+    ``metered`` sets the job's meter for the entrypoint and every task it starts; code the job
+    runner calls outside that context (``on_session_end``, shutdown callbacks) finds it through
+    the job context instead.
+    """
+    meter = _current.get() or _job_meter()
     if meter is not None:
         return meter
     global _default
@@ -132,6 +138,17 @@ def current_meter() -> Meter:
         if _default is None:
             _default = Meter(keep_records=False)
         return _default
+
+
+def _job_meter() -> Meter | None:
+    if "livekit.agents" not in sys.modules:  # a plain script: do not import the framework for nothing
+        return None
+    from livekit.agents import get_job_context
+
+    from .session import meter_for
+
+    ctx = get_job_context(required=False)
+    return meter_for(ctx) if ctx is not None else None
 
 
 @contextmanager

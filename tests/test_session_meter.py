@@ -217,3 +217,23 @@ def test_cost_line_is_one_readable_key_value_line() -> None:
     )
     unpriced = SessionSummary(session_id="AJ_2", cost=None)
     assert "connected=no" in cost_line(unpriced) and "cost=unknown" in cost_line(unpriced)
+
+
+async def test_usage_outside_the_entrypoint_context_finds_the_job_meter_through_the_job_context() -> None:
+    # on_session_end and shutdown callbacks run outside the entrypoint's context variables; a model
+    # used there must still record into the job's meter, not the process default.
+    from livekit.agents.testing import fake_job_context
+
+    from livekit_metering.meter import current_meter
+    from livekit_metering.session import register
+
+    sink = ListExporter()
+    with fake_job_context(job_id="AJ_after") as ctx:
+        meter = SessionMeter.for_job(ctx, exporter=sink)
+        assert current_meter() is not meter  # not metered yet: the process default
+        register(ctx, meter)
+        assert current_meter() is meter
+        now = datetime.now(timezone.utc)
+        current_meter().record(Resource.LLM_OUTPUT, 7, usage="llm-1", start=now, end=now)
+    assert [r.session_id for r in sink.exported] == ["AJ_after"]
+    assert current_meter() is not meter  # outside the job again
