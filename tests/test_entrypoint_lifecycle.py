@@ -408,3 +408,31 @@ async def test_one_cost_line_per_session(
         assert part in text, text
     summary = lines[0].livekit_metering  # type: ignore[attr-defined]
     assert summary["billed_minutes"] == "3" and summary["tts_characters"] == 120
+
+
+async def test_preview_option_prints_the_running_cost_and_the_summary_at_the_end(
+    clock: ManualClock, out: Path, room: FakeRoom, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def entry(ctx: JobContext) -> None:
+        await ctx.connect()
+        clock.advance(90)
+        ctx.shutdown("done")
+
+    await run_job(metered(entry, file=out, clock=clock, preview=True), room=room)
+
+    printed = capsys.readouterr().err
+    assert "session so far" in printed  # the live line of each record
+    assert "Agent session" in printed and "2 minutes" in printed  # 90 s bills 2 minutes, in the summary table
+    assert "$0.02" in printed  # at the Ship plan's $0.01 a minute
+
+
+async def test_preview_is_off_unless_asked_for_or_in_dev_mode(
+    clock: ManualClock, out: Path, room: FakeRoom, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def entry(ctx: JobContext) -> None:
+        await ctx.connect()
+        ctx.shutdown("done")
+
+    await run_job(metered(entry, file=out, clock=clock), room=room)
+
+    assert "session so far" not in capsys.readouterr().err
