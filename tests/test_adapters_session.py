@@ -119,3 +119,22 @@ async def test_voice_pipeline_survives_an_exporter_that_raises() -> None:
 def test_metered_models_rejects_what_is_not_a_model() -> None:
     with pytest.raises(TypeError, match="cannot meter"):
         metered_models(llm=object())  # type: ignore[arg-type]
+
+
+async def test_interrupted_speech_in_a_session_is_billed_where_session_usage_shows_nothing() -> None:
+    meter = Meter(session_id="AJ_barge_in", exporter=MemoryExporter())
+    llm_ = FakeLLM(reply="Your balance is forty two dollars, and here is every transaction of the year.")
+    tts_ = FakeTTS(streaming=True, chunk_delay=0.5)  # the provider is slow to answer with audio
+    session = AgentSession(**metered_models(llm=llm_, tts=tts_, meter=meter))
+    session.output.audio = FakeAudioOutput()
+    with fake_job_context():
+        await session.start(Agent(instructions="You are a bank assistant."))
+        handle = session.generate_reply(user_input="Read me my statement.")
+        await asyncio.sleep(0.3)  # the text has gone to the TTS provider; no audio yet
+        handle.interrupt()
+        await handle.wait_for_playout()
+        await session.aclose()
+    framework_chars = sum(u.characters_count for u in session.usage.model_usage if u.type == "tts_usage")
+    assert framework_chars == 0  # no TTSMetrics for the interrupted segment
+    assert tts_.received_chars > 0
+    assert sum(r.raw for r in meter.records if r.resource is Resource.TTS) == tts_.received_chars

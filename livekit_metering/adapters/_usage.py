@@ -48,18 +48,22 @@ class Attribution:
         self.language = language
 
     @classmethod
-    def of(cls, model: Any, language: object = None) -> Attribution:
+    def of(cls, model: Any, language: object = None, *, speech: bool = False) -> Attribution:
         """Read the attribution from a livekit-agents model (STT, LLM or TTS); never raises.
 
         LiveKit Inference models report provider ``livekit`` and model ``provider/model``; both
-        are kept as they are so the price book can match them. A ``:language`` suffix on the
-        model name (``deepgram/nova-3:multi``) or the model's configured language fills
-        ``language`` when the caller did not name one.
+        are kept as they are so the price book can match them. For speech recognition
+        (``speech=True``) the language is the one the caller named, else a ``:language``
+        suffix of a LiveKit Inference model (``deepgram/nova-3:multi``), else the model's
+        configured language. Elsewhere a colon belongs to the model name (``llama3:8b``) or
+        names a voice, and is left alone.
         """
         name = _text(getattr(model, "model", "")) or "unknown"
         provider = _text(getattr(model, "provider", "")) or "unknown"
+        if not speech:
+            return cls(name, provider)
         lang = _text(language)
-        if ":" in name:
+        if provider == "livekit" and ":" in name:
             name, _, suffix = name.rpartition(":")
             lang = lang or suffix
         if not lang:

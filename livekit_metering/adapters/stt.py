@@ -143,7 +143,7 @@ class MeteredSTT(stt.STT[Any]):
                     audio_ms,
                     usage=meter.next_usage("stt"),
                     span=span,
-                    who=Attribution.of(self._wrapped, language),
+                    who=Attribution.of(self._wrapped, language, speech=True),
                     status=status,
                     meta=meta,
                 )
@@ -190,7 +190,7 @@ class MeteredRecognizeStream(stt.RecognizeStream):
         # RecognizeStream.__init__ is deliberately not called (no second task or channel)
         self._metered = metered
         self._meter = resolve_meter(metered._meter)
-        self._who = Attribution.of(metered._wrapped, kwargs.get("language"))
+        self._who = Attribution.of(metered._wrapped, kwargs.get("language"), speech=True)
         self._usage = self._meter.next_usage("stt")
         self._span = Span()
         self._samples = 0  # audio forwarded, in samples per channel at _sample_rate
