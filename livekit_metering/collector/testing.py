@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -26,7 +27,7 @@ TEST_SECRET = "test-secret-test-secret-test-secret"
 
 @asynccontextmanager
 async def run_collector(
-    database: str | Path = ":memory:",
+    database: str | Path | None = None,
     keys: Mapping[str, tuple[str, str]] | KeyRing | None = None,
     *,
     limits: Limits | None = None,
@@ -34,10 +35,20 @@ async def run_collector(
 ) -> AsyncIterator[str]:
     """Start the collector app on 127.0.0.1 (a free port by default) and yield its base URL.
 
-    ``keys`` maps API key -> (secret, project); by default ``TEST_KEY``/``TEST_SECRET`` in project "default".
+    ``database``: a store URL (``sqlite:///...``, ``postgresql://...``); by default a SQLite file in a
+    temporary directory removed afterwards. ``keys`` maps API key -> (secret, project); by default
+    ``TEST_KEY``/``TEST_SECRET`` in project "default". Sign requests with :func:`sign`.
     """
     ring = keys if isinstance(keys, KeyRing) else KeyRing(keys or {TEST_KEY: (TEST_SECRET, "default")})
-    config = CollectorConfig(database=str(database), keys=ring, limits=limits or Limits())
+    with tempfile.TemporaryDirectory(prefix="collector-") as scratch:
+        url = str(database) if database is not None else f"sqlite:///{scratch}/metering.db"
+        config = CollectorConfig(database=url, keys=ring, limits=limits or Limits())
+        async with _serve(config, port) as base:
+            yield base
+
+
+@asynccontextmanager
+async def _serve(config: CollectorConfig, port: int) -> AsyncIterator[str]:
     runner = web.AppRunner(create_app(config))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)

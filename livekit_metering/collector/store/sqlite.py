@@ -109,6 +109,8 @@ class SqliteStore(Store):
         self._reads: ThreadPoolExecutor | None = None
         self._waits: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
+        self._pending: list[tuple[str, Sequence[Stored], asyncio.Future[list[Outcome]]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._reads is None:
@@ -170,7 +172,9 @@ class SqliteStore(Store):
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
     async def close(self) -> None:
-        async with self._write_lock:  # let a batch being written finish
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)  # write what was handed over
+        async with self._write_lock:
             for conn in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
                 await self._run(conn.close)
             self._reader = self._writer = None
@@ -182,21 +186,52 @@ class SqliteStore(Store):
     # -- writes ----------------------------------------------------------------------------------
 
     async def ingest(self, project: str, items: Sequence[Stored]) -> list[Outcome]:
+        """Group commit: batches that arrive while a commit is in progress are written together in
+        the next transaction (each in its own savepoint) and share one fsync."""
         if not items:
             return []
-        async with self._write_lock:
-            if self._writer is None:
-                raise RuntimeError("the store is closed")
-            db = self._writer
-            await self._wait("BEGIN IMMEDIATE")
-            try:
-                plan = self._write(db, project, items)
-                await self._wait("COMMIT")  # durable (fsynced) before anyone is told "accepted"
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        return plan.outcomes
+        if self._writer is None:
+            raise RuntimeError("the store is closed")
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._pending.append((project, items, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await asyncio.shield(future)  # a cancelled request does not cancel the shared commit
+
+    async def _flush(self) -> None:
+        while self._pending:
+            group, self._pending = self._pending, []
+            async with self._write_lock:
+                db = self._writer
+                if db is None:
+                    for *_, future in group:
+                        future.set_exception(RuntimeError("the store is closed"))
+                    return
+                done: list[tuple[asyncio.Future[list[Outcome]], list[Outcome]]] = []
+                try:
+                    await self._wait("BEGIN IMMEDIATE")
+                    for project, items, future in group:
+                        db.execute("SAVEPOINT batch")
+                        try:
+                            outcomes = self._write(db, project, items).outcomes
+                        except Exception as exc:  # only this batch fails; the others still commit
+                            db.execute("ROLLBACK TO batch")
+                            future.set_exception(exc)
+                        else:
+                            done.append((future, outcomes))
+                        db.execute("RELEASE batch")
+                    await self._wait("COMMIT")  # durable (fsynced) before anyone is told "accepted"
+                except BaseException as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    for future, _ in done:
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("interrupted"))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+            for future, outcomes in done:
+                if not future.done():
+                    future.set_result(outcomes)
 
     @staticmethod
     def _write(db: sqlite3.Connection, project: str, items: Sequence[Stored]) -> BatchPlan:
