@@ -56,6 +56,7 @@ class FakeLLM(llm.LLM):
         chunk_delay: float = 0.0,
         send_usage: bool = True,
         fail_after_chunks: int | None = None,
+        fail_attempts: int = 0,
         prompt_tokens: int | None = None,
         cached_tokens: int = 0,
         completion_tokens: int | None = None,
@@ -67,6 +68,8 @@ class FakeLLM(llm.LLM):
         self.chunk_delay = chunk_delay
         self.send_usage = send_usage
         self.fail_after_chunks = fail_after_chunks
+        self.fail_attempts = fail_attempts  # the first N attempts fail with a retryable error
+        self.attempts = 0
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = cached_tokens
         self.completion_tokens = completion_tokens
@@ -100,6 +103,9 @@ class FakeLLM(llm.LLM):
 class _FakeLLMStream(llm.LLMStream):
     async def _run(self) -> None:
         fake: FakeLLM = self._llm  # type: ignore[assignment]
+        fake.attempts += 1
+        if fake.attempts <= fake.fail_attempts:
+            raise APIConnectionError("fake provider is briefly unavailable", retryable=True)
         rid = utils.shortuuid("chatcmpl-")
         prompt_chars = sum(
             len(t) for item in self._chat_ctx.items for t in getattr(item, "content", []) if isinstance(t, str)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeLLM, MemoryExporter, RaisingExporter
-from livekit.agents import Agent, AgentSession, APIConnectionError, inference, llm
+from livekit.agents import Agent, AgentSession, APIConnectionError, APIConnectOptions, inference, llm
 from livekit.agents.metrics import LLMMetrics, ModelUsageCollector
 from livekit.agents.testing import fake_job_context
 
@@ -120,6 +120,25 @@ async def test_failed_request_is_recorded_and_fails_exactly_like_the_wrapped_mod
     output = next(r for r in meter.records if r.resource is Resource.LLM_OUTPUT)
     assert output.meta["outcome"] == "error" and output.meta["error"] == "APIConnectionError"
     assert output.raw == -(-len("Hello! I am ") // 4) == 3  # the three chunks streamed before the failure
+
+
+async def test_retries_are_the_wrapped_models_own_and_not_multiplied() -> None:
+    options = APIConnectOptions(max_retry=2, retry_interval=0.0)
+
+    async def run(model: llm.LLM[Any]) -> tuple[list[bool], str]:
+        errors: list[Any] = []
+        model.on("error", errors.append)
+        response = await model.chat(chat_ctx=_ctx(), conn_options=options).collect()
+        return [e.recoverable for e in errors], response.text
+
+    bare_inner, wrapped_inner = FakeLLM(fail_attempts=1), FakeLLM(fail_attempts=1)
+    bare = await run(bare_inner)
+    meter = _meter()
+    wrapped = await run(MeteredLLM(wrapped_inner, meter=meter))
+    assert wrapped == bare and bare[0] == [True]  # one recoverable error event, forwarded once
+    assert wrapped_inner.attempts == bare_inner.attempts == 2
+    assert {r.id for r in meter.records} == {"AJ_test/llm-1/llm_input", "AJ_test/llm-1/llm_output"}
+    assert _total(meter, Resource.LLM_OUTPUT) == wrapped_inner.reported[0].completion_tokens
 
 
 async def test_fallback_adapter_usage_is_billed_to_the_child_that_served() -> None:

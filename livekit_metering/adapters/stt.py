@@ -162,6 +162,7 @@ class MeteredSTT(stt.STT[Any]):
         return MeteredRecognizeStream(self, kwargs)
 
     async def aclose(self) -> None:
+        # like FallbackAdapter and StreamAdapter: stop listening, leave the wrapped model to its owner
         self._wrapped.off("metrics_collected", self._on_metrics_collected)
         self._forwarder.close()
 

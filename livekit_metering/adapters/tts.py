@@ -99,6 +99,7 @@ class MeteredTTS(tts.TTS[Any]):
         return MeteredSynthesizeStream(self, kwargs)
 
     async def aclose(self) -> None:
+        # like FallbackAdapter and StreamAdapter: stop listening, leave the wrapped model to its owner
         self._forwarder.close()
 
 
