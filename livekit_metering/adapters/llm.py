@@ -114,7 +114,8 @@ class MeteredLLM(llm.LLM[Any]):
                 elif owner is None or owner._metered is self:
                     # usage reported after its request was recorded, or by a request that did not
                     # go through this wrapper's chat(): billed all the same, as its own usage
-                    _record_metrics(self, resolve_meter(self._meter), metrics, Span(), {"late": True})
+                    meter = resolve_meter(self._meter)
+                    _record_metrics(self, meter, meter.next_usage("llm"), metrics, Span(), {"late": True})
         self.emit("metrics_collected", metrics)
 
 
@@ -137,6 +138,7 @@ class MeteredLLMStream(llm.LLMStream):
         self._metered = metered
         self._meter = resolve_meter(metered._meter)
         self._span = Span()
+        self._usage = self._meter.next_usage("llm")  # named in request order
         self._output_chars = 0
         self._last_usage: llm.CompletionUsage | None = None
         self._provider_metrics: LLMMetrics | None = None
@@ -226,16 +228,17 @@ class MeteredLLMStream(llm.LLMStream):
                 meta["error"] = error
             metrics = self._provider_metrics
             if metrics is not None and (metrics.prompt_tokens or metrics.completion_tokens):
-                _record_metrics(self._metered, self._meter, metrics, self._span, meta, outcome)
+                _record_metrics(self._metered, self._meter, self._usage, metrics, self._span, meta, outcome)
             elif self._last_usage is not None:
-                usage = self._last_usage
+                reported = self._last_usage
                 _record_tokens(
                     self._meter,
+                    self._usage,
                     Attribution.of(self._metered._wrapped),
                     self._span,
-                    usage.prompt_tokens,
-                    usage.prompt_cached_tokens,
-                    usage.completion_tokens,
+                    reported.prompt_tokens,
+                    reported.prompt_cached_tokens,
+                    reported.completion_tokens,
                     outcome,
                     meta,
                 )
@@ -244,6 +247,7 @@ class MeteredLLMStream(llm.LLMStream):
                 meta["prompt_chars"] = prompt_chars = _prompt_chars(self._inner.chat_ctx)
                 _record_tokens(
                     self._meter,
+                    self._usage,
                     Attribution.of(self._metered._wrapped),
                     self._span,
                     _tokens(prompt_chars),
@@ -261,6 +265,7 @@ def _tokens(chars: int) -> int:
 def _record_metrics(
     metered: MeteredLLM,
     meter: Meter,
+    usage: str,
     metrics: LLMMetrics,
     span: Span,
     meta: Meta,
@@ -273,12 +278,21 @@ def _record_metrics(
     if metrics.request_id:
         meta = {**meta, "request_id": metrics.request_id[:256]}
     _record_tokens(
-        meter, who, span, metrics.prompt_tokens, metrics.prompt_cached_tokens, metrics.completion_tokens, status, meta
+        meter,
+        usage,
+        who,
+        span,
+        metrics.prompt_tokens,
+        metrics.prompt_cached_tokens,
+        metrics.completion_tokens,
+        status,
+        meta,
     )
 
 
 def _record_tokens(
     meter: Meter,
+    usage: str,
     who: Attribution,
     span: Span,
     prompt: int,
@@ -292,7 +306,6 @@ def _record_tokens(
     llm_input and llm_output are always written (a cancelled request shows as such even with no
     output); llm_input_cached only when the provider served cached tokens.
     """
-    usage = meter.next_usage("llm")
     end = span.end()
     cached = max(0, min(cached, prompt))
     record(
