@@ -214,3 +214,14 @@ async def test_metrics_usage_matches_framework_collector_for_completed_requests(
     (usage,) = collector.flatten()
     assert usage.input_tokens == _total(meter, Resource.LLM_INPUT) + _total(meter, Resource.LLM_INPUT_CACHED) == 33
     assert usage.output_tokens == _total(meter, Resource.LLM_OUTPUT) == 18
+
+
+async def test_wrapping_a_metered_model_again_does_not_count_twice() -> None:
+    meter = _meter()
+    model = MeteredLLM(MeteredLLM(FakeLLM(prompt_tokens=8, completion_tokens=5), meter=meter), meter=meter)
+    collector = ModelUsageCollector()
+    model.on("metrics_collected", collector)
+    await model.chat(chat_ctx=_ctx()).collect()
+    assert (_total(meter, Resource.LLM_INPUT), _total(meter, Resource.LLM_OUTPUT)) == (8, 5)
+    (usage,) = collector.flatten()
+    assert (usage.input_tokens, usage.output_tokens) == (8, 5)

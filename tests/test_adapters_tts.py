@@ -164,3 +164,15 @@ def test_livekit_inference_tts_keeps_provider_and_model() -> None:
         "livekit",
         model.wrapped.sample_rate,
     )
+
+
+async def test_wrapping_a_metered_model_again_does_not_count_twice() -> None:
+    meter = _meter()
+    inner = FakeTTS(streaming=True)
+    stream = MeteredTTS(MeteredTTS(inner, meter=meter), meter=meter).stream()
+    stream.push_text(TEXT)
+    stream.end_input()
+    async for _ in stream:
+        pass
+    await stream.aclose()
+    assert _chars(meter) == inner.received_chars == len(TEXT)

@@ -52,7 +52,8 @@ class MeteredLLM(llm.LLM[Any]):
         self._wrapped = llm_
         self._meter = meter
         self._label = f"livekit_metering.MeteredLLM({llm_.label})"
-        self._delegating = adopt_children(llm_, lambda child: _metered(child, meter))
+        # a model metered already, or a composite whose children get metered: pass through
+        self._delegating = isinstance(llm_, MeteredLLM) or adopt_children(llm_, lambda child: _metered(child, meter))
         llm_.on("metrics_collected", self._on_metrics_collected)
         self._forwarder = Forwarder(llm_, self, ("error", "llm_availability_changed"))
 

@@ -63,7 +63,8 @@ class MeteredSTT(stt.STT[Any]):
         self._checkpoint_interval = checkpoint_interval
         self._label = f"livekit_metering.MeteredSTT({stt_.label})"
         self._recognize_metrics_needed = False  # the wrapped STT emits its own STTMetrics
-        self._delegating = adopt_children(
+        # a model metered already, or a composite whose children get metered: pass through
+        self._delegating = isinstance(stt_, MeteredSTT) or adopt_children(
             stt_, lambda child: _metered(child, meter=meter, checkpoint_interval=checkpoint_interval)
         )
         stt_.on("metrics_collected", self._on_metrics_collected)

@@ -38,7 +38,8 @@ class MeteredTTS(tts.TTS[Any]):
         self._wrapped = tts_
         self._meter = meter
         self._label = f"livekit_metering.MeteredTTS({tts_.label})"
-        self._delegating = adopt_children(tts_, lambda child: _metered(child, meter))
+        # a model metered already, or a composite whose children get metered: pass through
+        self._delegating = isinstance(tts_, MeteredTTS) or adopt_children(tts_, lambda child: _metered(child, meter))
         self._forwarder = Forwarder(tts_, self, ("metrics_collected", "error", "tts_availability_changed"))
 
     @property
