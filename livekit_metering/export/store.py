@@ -89,7 +89,7 @@ WHERE id = ?1 AND final = 0 AND (?3 = 1 OR (?4, ?5) > (end_ms, raw))
 """
 
 # Sender write transactions are cut into chunks so the event loop never waits long for the lock.
-_SETTLE_CHUNK = 100
+_SETTLE_CHUNK = 25
 # The dead-letter table keeps the most recent refusals for inspection; the total is a counter.
 DEAD_LETTER_KEEP = 10_000
 
@@ -265,14 +265,21 @@ class OutboxStore:
                             "DELETE FROM dead_letter WHERE rowid <= (SELECT max(rowid) FROM dead_letter) - ?",
                             (DEAD_LETTER_KEEP,),
                         )
-                    conn.executemany(
-                        "DELETE FROM pending WHERE id = ? AND version = ?", [(s.id, s.version) for s in chunk]
+                    # One statement, not executemany: SQLite runs it without taking the GIL back per
+                    # row, so the agent's thread waits for this lock as briefly as possible.
+                    pairs = ",".join(["(?,?)"] * len(chunk))
+                    conn.execute(
+                        "DELETE FROM pending WHERE rowid IN (SELECT p.rowid FROM (VALUES "
+                        + pairs
+                        + ") v JOIN pending p ON p.id = v.column1 AND p.version = v.column2)",
+                        [value for s in chunk for value in (s.id, s.version)],
                     )
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
+            time.sleep(0)  # between chunks, let a waiting writer (the agent's thread) in first
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database without blocking writers (called off the event loop)."""
