@@ -136,14 +136,18 @@ class Outbox:
             if self._closed:
                 return
             budget = self.shutdown_timeout if timeout is None else timeout
-            flushed = self._sender.stop(budget) if self._sender is not None else False
+            sender = self._sender
+            flushed = sender.stop(budget) if sender is not None else False
             health = self.health()
-            if health.pending and self._sender is not None:
+            if sender is not None and health.pending and sender.last_error:
                 logger.warning(
                     "livekit-metering outbox at shutdown: %s; the unsent records stay in %s for the next process",
                     health,
                     self.path,
                 )
+            elif sender is not None and health.pending:
+                # Another process of this host leads the sending (or it was only a short budget): normal.
+                logger.info("livekit-metering outbox at shutdown: %s; they stay in %s to be sent", health, self.path)
             else:
                 logger.info("livekit-metering outbox at shutdown: %s (flushed=%s)", health, flushed)
 
