@@ -127,6 +127,9 @@ def serve(
     max_past_days: Annotated[int, typer.Option(help="Oldest record start accepted, in days.")] = 35,
     max_future_seconds: Annotated[int, typer.Option(help="Latest record end accepted, in seconds ahead.")] = 300,
     workers: Annotated[int, typer.Option(help="Processes sharing the port (validation on several cores).")] = 1,
+    close_stale_after_minutes: Annotated[
+        int, typer.Option(help="Close sessions whose last checkpoint is this old (no webhook came); 0: never.")
+    ] = 15,
 ) -> None:
     """Run the collector: ingest signed records, LiveKit webhooks, query API, dashboard."""
     from .collector.serve import ServeError, build_config, run_serve
@@ -140,6 +143,7 @@ def serve(
             max_batch=max_batch,
             max_past_days=max_past_days,
             max_future_seconds=max_future_seconds,
+            close_stale_after_minutes=close_stale_after_minutes,
         )
     except ServeError as exc:
         typer.echo(f"error: {exc}", err=True)

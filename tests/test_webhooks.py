@@ -204,3 +204,26 @@ async def test_bad_webhook_signatures_get_401_and_change_nothing(collector: str,
     status, doc = await deliver(http, collector, "{not json", auth=signature("{not json"))
     assert status == 400 and "WebhookEvent" in doc["error"]  # signed, but not an event
     assert (await agent_record(http, collector))["status"] == "checkpoint"
+
+
+async def test_stale_sessions_are_closed_at_their_last_checkpoint(database: str) -> None:
+    from livekit_metering.collector.auth import KeyRing
+    from livekit_metering.collector.store.base import Stored, open_store
+    from livekit_metering.collector.webhooks import Webhooks
+
+    async with open_store(database) as store:
+        old = session_cp("OLD", 90_000)  # ended about an hour ago
+        fresh = session_cp("NEW", 90_000, start=datetime.now(NOW.tzinfo) - timedelta(minutes=3))
+        await store.ingest("acme", [Stored(old), Stored(fresh)])
+        hooks = Webhooks(store, KeyRing(KEYS))
+        now = datetime.now(NOW.tzinfo)
+        assert await hooks.close_stale(now, timedelta(minutes=15)) == ["OLD"]
+        assert await hooks.close_stale(now, timedelta(minutes=15)) == []  # idempotent
+        [closed] = await store.session_records("acme", ["OLD"])
+        assert (closed.status, closed.raw, closed.meta["closed_by"]) == (Status.OK, 90_000, "stale-checkpoint")
+        [still_open] = await store.session_records("acme", ["NEW"])
+        assert still_open.status is Status.CHECKPOINT
+        # The agent's own final record, arriving late, still wins.
+        final = session_cp("OLD", 120_000, status=Status.OK)
+        assert [o.value for o in await store.ingest("acme", [Stored(final)])] == ["accepted"]
+        assert (await store.session_records("acme", ["OLD"]))[0] == final

@@ -3,11 +3,13 @@ and handlers that only translate HTTP into calls on :class:`Collector`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,10 @@ class CollectorConfig:
     keys: KeyRing = field(default_factory=KeyRing.from_env)
     limits: Limits = field(default_factory=Limits)
     prices: str | None = None  # a user price TOML; None: the bundled book
+    # A session whose last checkpoint is older than this, and that no webhook closed, is closed at
+    # that checkpoint's end (a crashed worker without webhooks). None: never.
+    close_stale_after: timedelta | None = timedelta(minutes=15)
+    sweep_every: timedelta = timedelta(seconds=60)
     dashboard: Path | None = None  # None: the packaged dashboard directory
 
 
@@ -230,6 +236,18 @@ async def dashboard_redirect(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/dashboard/")
 
 
+async def _sweep(collector: Collector) -> None:
+    """Close stale sessions now and then; a failure is logged and retried at the next sweep."""
+    after = collector.config.close_stale_after
+    while after is not None:
+        try:
+            closed = await collector.webhooks.close_stale(datetime.now(timezone.utc), after)
+            collector.metrics.closed_sessions.inc(len(closed))
+        except Exception:
+            log.exception("stale-session sweep failed")
+        await asyncio.sleep(collector.config.sweep_every.total_seconds())
+
+
 def create_app(config: CollectorConfig | None = None, *, store: Store | None = None) -> web.Application:
     """The collector app. The store opens when the app starts and closes after in-flight requests finish."""
     config = config or CollectorConfig()
@@ -247,9 +265,13 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
         await the_store.open()
         app[COLLECTOR] = Collector(config, the_store)
         log.info("collector started", extra={"database": _redact(config.database), "projects": len(config.keys)})
+        sweeper = asyncio.create_task(_sweep(app[COLLECTOR])) if config.close_stale_after else None
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
             await the_store.close()
             log.info("collector stopped")
 

@@ -40,6 +40,7 @@ def build_config(
     max_batch: int | None = None,
     max_past_days: int | None = None,
     max_future_seconds: int | None = None,
+    close_stale_after_minutes: int = 15,
 ) -> CollectorConfig:
     ring = KeyRing.from_env()
     if keys:
@@ -62,7 +63,8 @@ def build_config(
     )
     if prices and not Path(prices).is_file():
         raise ServeError(f"no price file at {prices}")
-    return CollectorConfig(database=database, keys=ring, limits=limits, prices=prices)
+    stale = timedelta(minutes=close_stale_after_minutes) if close_stale_after_minutes > 0 else None
+    return CollectorConfig(database=database, keys=ring, limits=limits, prices=prices, close_stale_after=stale)
 
 
 def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8790, workers: int = 1) -> None:

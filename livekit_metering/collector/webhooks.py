@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import jwt
@@ -29,7 +29,7 @@ from .auth import AuthError, KeyRing
 from .ingest import BadRequest
 from .store.base import Outcome, Store, Stored, epoch_ms, from_ms
 
-__all__ = ["WebhookResult", "Webhooks"]
+__all__ = ["WebhookResult", "Webhooks", "close_record"]
 
 log = logging.getLogger("livekit_metering.collector")
 
@@ -82,7 +82,7 @@ class Webhooks:
         if event.event in CLOSING_EVENTS:
             targets, end = await self._targets(project, event)
             for stored in targets:
-                closed = self._close(stored, end, event.event)
+                closed = close_record(stored, end, f"webhook:{event.event}")
                 outcome = (await self.store.ingest(project, [closed]))[0]
                 if outcome is Outcome.ACCEPTED:
                     result.closed.append(stored.record.session_id)
@@ -125,32 +125,48 @@ class Webhooks:
             return await self.store.open_agent_sessions(project, room=event.room.name)
         return []
 
-    @staticmethod
-    def _close(stored: Stored, reported: datetime, event: str) -> Stored:
-        cp = stored.record
-        floor_ms = int(cp.meta.get("checkpoint_end_ms", epoch_ms(cp.end))) if stored.by_webhook else epoch_ms(cp.end)
-        end_ms = max(epoch_ms(reported), floor_ms)
-        start_ms = epoch_ms(cp.start)
-        raw = max(end_ms - start_ms, 0)
-        policy = get_policy(cp.policy)
-        meta = {**cp.meta, "closed_by": f"webhook:{event}", "checkpoint_end_ms": floor_ms}
-        record = policy.record(
-            id=cp.id,
-            session_id=cp.session_id,
-            resource=cp.resource,
-            raw=raw,
-            start=cp.start,
-            end=from_ms(start_ms + raw),
-            status=Status.OK,
-            room=cp.room,
-            room_sid=cp.room_sid,
-            agent_name=cp.agent_name,
-            worker_id=cp.worker_id,
-            customer=cp.customer,
-            model=cp.model,
-            provider=cp.provider,
-            language=cp.language,
-            attributes=cp.attributes,
-            meta=meta,
-        )
-        return Stored(record, by_webhook=True)
+    async def close_stale(self, now: datetime, after: timedelta, limit: int = 1000) -> list[str]:
+        """Close sessions whose last checkpoint ended more than ``after`` ago and that no webhook closed
+        (a crashed worker, and no webhook configured or delivered), at that checkpoint's end."""
+        closed: list[str] = []
+        for project, stored in await self.store.stale_agent_sessions(now - after, limit=limit):
+            outcome = (await self.store.ingest(project, [close_record(stored, stored.record.end, "stale-checkpoint")]))[
+                0
+            ]
+            if outcome is Outcome.ACCEPTED:
+                closed.append(stored.record.session_id)
+        if closed:
+            log.info("closed stale sessions", extra={"sessions": closed})
+        return closed
+
+
+def close_record(stored: Stored, reported: datetime, cause: str) -> Stored:
+    """The final ``agent_session`` record for an open (or collector-closed) session ending at ``reported``:
+    never before the last checkpoint's end, rounded by the checkpoint's policy, ``meta.closed_by = cause``."""
+    cp = stored.record
+    floor_ms = int(cp.meta.get("checkpoint_end_ms", epoch_ms(cp.end))) if stored.by_webhook else epoch_ms(cp.end)
+    end_ms = max(epoch_ms(reported), floor_ms)
+    start_ms = epoch_ms(cp.start)
+    raw = max(end_ms - start_ms, 0)
+    policy = get_policy(cp.policy)
+    meta = {**cp.meta, "closed_by": cause, "checkpoint_end_ms": floor_ms}
+    record = policy.record(
+        id=cp.id,
+        session_id=cp.session_id,
+        resource=cp.resource,
+        raw=raw,
+        start=cp.start,
+        end=from_ms(start_ms + raw),
+        status=Status.OK,
+        room=cp.room,
+        room_sid=cp.room_sid,
+        agent_name=cp.agent_name,
+        worker_id=cp.worker_id,
+        customer=cp.customer,
+        model=cp.model,
+        provider=cp.provider,
+        language=cp.language,
+        attributes=cp.attributes,
+        meta=meta,
+    )
+    return Stored(record, by_webhook=True)

@@ -242,6 +242,10 @@ class Store(abc.ABC):
         webhook closes (a webhook reporting an earlier end replaces them), matching every given filter."""
 
     @abc.abstractmethod
+    async def stale_agent_sessions(self, before: datetime, *, limit: int = 1000) -> list[tuple[str, Stored]]:
+        """(project, record) of ``agent_session`` checkpoints, in every project, whose end is before ``before``."""
+
+    @abc.abstractmethod
     async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
         """Remember a webhook id; False when it was seen before."""
 

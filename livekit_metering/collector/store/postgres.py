@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
 from ...records import MeterRecord
-from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow
+from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, epoch_ms
 from .batch import plan_batch
 from .queries_sql import session_query, session_row, usage_query, usage_row
 from .rows import COLUMNS, NAMES, READ_COLUMNS, record_row, stored_from_row
@@ -195,6 +195,15 @@ class PostgresStore(Store):
                 sql += f" AND {col} = ${len(args)}"
         rows = await self.pool.fetch(sql, *args)
         return [stored_from_row(tuple(row)) for row in rows]
+
+    async def stale_agent_sessions(self, before: datetime, *, limit: int = 1000) -> list[tuple[str, Stored]]:
+        rows = await self.pool.fetch(
+            f"SELECT project, {READ_COLUMNS} FROM records WHERE resource = 'agent_session'"
+            " AND (status = 'checkpoint' OR by_webhook = 1) AND status = 'checkpoint' AND end_ms < $1 LIMIT $2",
+            epoch_ms(before),
+            limit,
+        )
+        return [(row[0], stored_from_row(tuple(row)[1:])) for row in rows]
 
     async def sessions(self, project: str, flt: SessionFilter) -> list[SessionRow]:
         sql, args = session_query(project, flt, "$")

@@ -14,12 +14,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ...records import MeterRecord
-from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow
+from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, epoch_ms
 from .batch import BatchPlan, plan_batch
 from .queries_sql import session_query, session_row, usage_query, usage_row
 from .rows import NAMES, READ_COLUMNS, record_row, stored_from_row
@@ -289,6 +289,17 @@ class SqliteStore(Store):
 
         def read() -> list[Stored]:
             return [stored_from_row(row) for row in self.db.execute(sql, args)]
+
+        return await self._run(read)
+
+    async def stale_agent_sessions(self, before: datetime, *, limit: int = 1000) -> list[tuple[str, Stored]]:
+        sql = (
+            f"SELECT project, {READ_COLUMNS} FROM records WHERE resource = 'agent_session'"
+            " AND (status = 'checkpoint' OR by_webhook = 1) AND status = 'checkpoint' AND end_ms < ? LIMIT ?"
+        )
+
+        def read() -> list[tuple[str, Stored]]:
+            return [(row[0], stored_from_row(row[1:])) for row in self.db.execute(sql, (epoch_ms(before), limit))]
 
         return await self._run(read)
 
