@@ -14,14 +14,16 @@ from enum import Enum
 from typing import Annotated, Any
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
     StrictInt,
+    StrictStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -153,10 +155,8 @@ def _no_float(value: Any) -> Any:
     return value
 
 
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("must carry a UTC offset (RFC 3339, e.g. 2026-11-27T10:00:00Z)")
-    # Millisecond precision, like the wire form, so a record survives a JSON round trip unchanged.
+def _utc_ms(value: datetime) -> datetime:
+    # Millisecond precision in UTC, like the wire form, so a record survives a JSON round trip unchanged.
     utc = value.astimezone(timezone.utc)
     return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
 
@@ -171,7 +171,7 @@ Quantity = Annotated[
     Field(ge=0, allow_inf_nan=False),
     PlainSerializer(lambda d: format(d, "f"), return_type=str),
 ]
-UtcTime = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str)]
+UtcTime = Annotated[AwareDatetime, PlainSerializer(_rfc3339, return_type=str)]
 Name = Annotated[str, Field(max_length=256)]
 
 
@@ -199,23 +199,16 @@ class MeterRecord(BaseModel):
     end: UtcTime
     status: Status = Status.OK
     attributes: dict[Name, Name] = Field(default_factory=dict)
-    meta: dict[Name, str | StrictInt | bool] = Field(default_factory=dict)
+    meta: dict[Name, StrictStr | StrictInt | StrictBool] = Field(default_factory=dict)
 
-    @field_validator("start", "end")
-    @classmethod
-    def _check_utc(cls, value: datetime) -> datetime:
-        return _utc(value)
-
-    @field_validator("meta")
-    @classmethod
-    def _check_meta(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key, item in value.items():
-            if isinstance(item, float):
-                raise ValueError(f"meta[{key!r}] must be an integer or a string, not a float")
-        return value
-
+    # One Python validator for the whole record: the collector validates every record it receives,
+    # and each Python-level validator costs more than all of pydantic's own checks together.
     @model_validator(mode="after")
     def _check_consistency(self) -> MeterRecord:
+        for name in ("start", "end"):
+            value: datetime = getattr(self, name)
+            if value.utcoffset() or value.microsecond % 1000:
+                object.__setattr__(self, name, _utc_ms(value))
         base = RESOURCE_BASE_UNIT[self.resource]
         if UNIT_BASE[self.unit] is not base:
             fitting = ", ".join(u.value for u, b in UNIT_BASE.items() if b is base)
@@ -258,13 +251,16 @@ class MeterRecord(BaseModel):
         return self.is_final or (self.end, self.raw) > (stored.end, stored.raw)
 
 
+_HINTS = {"timezone_aware": "must carry a UTC offset (RFC 3339, e.g. 2026-11-27T10:00:00Z)"}
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "record"
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{where}: {err['msg']}{shown}")
+        parts.append(f"{where}: {_HINTS.get(err['type'], err['msg'])}{shown}")
     return "invalid meter record: " + "; ".join(parts)
 
 
