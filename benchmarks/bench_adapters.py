@@ -7,14 +7,18 @@ provider (tests/fakes.py), once bare and once wrapped, alternating so drift hits
 The report gives the best time of each (the run least disturbed by other load), the overhead
 ratio (wrapped / bare) and the median of the per-round ratios; the target is within 5 %.
 The scripted providers do almost no work per item (about 1.3 µs per STT frame), so the ratio is
-an upper bound: a real provider (resampling, encoding, network) spends far more per item.
+an upper bound: a real provider (resampling, encoding, network) spends far more per item. The
+"STT (Inference)" row puts a provider in that does the per-frame work of LiveKit Inference's own
+STT stream (50 ms chunking, base64, one JSON message per chunk), without the socket.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
+import json
 import os
 import platform
 import statistics
@@ -27,10 +31,31 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fakes import FakeLLM, FakeSTT, FakeTTS, MemoryExporter, silence
-from livekit.agents import llm, stt, tts
+from livekit import rtc
+from livekit.agents import llm, stt, tts, utils
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
 
 from livekit_metering.adapters import MeteredLLM, MeteredSTT, MeteredTTS
 from livekit_metering.meter import Meter
+
+
+class InferenceLikeSTT(FakeSTT):
+    """A streaming STT doing the per-frame work of LiveKit Inference's STT stream (inference/stt.py
+    send_task): 50 ms chunking, base64 and a JSON message per chunk, minus the socket."""
+
+    def stream(self, **_: Any) -> stt.RecognizeStream:
+        return _InferenceLikeStream(stt=self, conn_options=DEFAULT_API_CONNECT_OPTIONS)
+
+
+class _InferenceLikeStream(stt.RecognizeStream):
+    async def _run(self) -> None:
+        chunker = utils.audio.AudioByteStream(sample_rate=16000, num_channels=1, samples_per_channel=800)
+        sent: list[str] = []
+        async for data in self._input_ch:
+            chunks = chunker.push(data.data) if isinstance(data, rtc.AudioFrame) else chunker.flush()
+            for chunk in chunks:
+                audio = base64.b64encode(chunk.data.tobytes()).decode("utf-8")
+                sent.append(json.dumps({"type": "input_audio", "audio": audio}))
 
 
 async def llm_run(model: llm.LLM[Any], items: int) -> None:
@@ -108,6 +133,8 @@ async def main() -> None:
     metered_llm = MeteredLLM(FakeLLM(reply=reply), meter=meter)
     metered_stt = MeteredSTT(FakeSTT(report_usage=False), meter=meter)
     metered_tts = MeteredTTS(FakeTTS(streaming=True, seconds_per_char=0.0001), meter=meter)
+    bare_inference_stt = InferenceLikeSTT(report_usage=False)
+    metered_inference_stt = MeteredSTT(InferenceLikeSTT(report_usage=False), meter=meter)
     frames = silence(items * 0.02)
 
     results = [
@@ -116,6 +143,12 @@ async def main() -> None:
         ),
         await compare(
             f"STT {items:,} frames", lambda: stt_run(bare_stt, frames), lambda: stt_run(metered_stt, frames), rounds
+        ),
+        await compare(
+            f"STT {items:,} (Inference)",
+            lambda: stt_run(bare_inference_stt, frames),
+            lambda: stt_run(metered_inference_stt, frames),
+            rounds,
         ),
         await compare(
             f"TTS {items:,} pushes", lambda: tts_run(bare_tts, items), lambda: tts_run(metered_tts, items), rounds
