@@ -1,13 +1,15 @@
 """The dashboard in a real headless Chromium against a real collector with data.
 
 Every figure the page shows is checked against the query API's own answer, the drill-down into a
-session is exercised, and a screenshot is saved (``docs/dashboard.png`` by default, or the path in
-``LIVEKIT_METERING_SCREENSHOT``).
+session is exercised, and a screenshot is saved to the temporary directory, or to the path in
+``LIVEKIT_METERING_SCREENSHOT`` (``LIVEKIT_METERING_SCREENSHOT=docs/dashboard.png`` refreshes the
+README's picture).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -34,7 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = Path(
-    os.environ.get("LIVEKIT_METERING_SCREENSHOT") or Path(__file__).parent.parent / "docs" / "dashboard.png"
+    os.environ.get("LIVEKIT_METERING_SCREENSHOT") or Path(tempfile.gettempdir()) / "livekit-metering-dashboard.png"
 )
 
 
