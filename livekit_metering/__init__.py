@@ -1,5 +1,6 @@
 """livekit-metering: meter LiveKit Agents sessions the way LiveKit Cloud bills them."""
 
+from .adapters import MeteredLLM, MeteredSTT, MeteredTTS, meter_session_models, metered_models
 from .costlog import SessionSummary
 from .entrypoint import MeteredEntrypoint, metered
 from .pricing import CostReport, InvalidMonth, InvalidPriceBook, Invoice, PriceBook, UnknownPlan
@@ -20,6 +21,9 @@ __all__ = [
     "Invoice",
     "MeterRecord",
     "MeteredEntrypoint",
+    "MeteredLLM",
+    "MeteredSTT",
+    "MeteredTTS",
     "PriceBook",
     "RatePolicy",
     "Resource",
@@ -33,6 +37,8 @@ __all__ = [
     "__version__",
     "get_policy",
     "meter_for",
+    "meter_session_models",
     "metered",
+    "metered_models",
     "record_id",
 ]

@@ -225,3 +225,20 @@ async def test_wrapping_a_metered_model_again_does_not_count_twice() -> None:
     assert (_total(meter, Resource.LLM_INPUT), _total(meter, Resource.LLM_OUTPUT)) == (8, 5)
     (usage,) = collector.flatten()
     assert (usage.input_tokens, usage.output_tokens) == (8, 5)
+
+
+async def test_outside_the_entrypoint_context_records_go_to_the_jobs_session_meter() -> None:
+    from livekit.agents import get_job_context
+
+    from livekit_metering.session import SessionMeter, register
+
+    with fake_job_context(job_id="AJ_job"):
+        ctx = get_job_context()
+        job_meter = SessionMeter.for_job(ctx, exporter=MemoryExporter())
+        register(ctx, job_meter)  # what `metered` does for a job
+        # no use_meter() around this request: it is found through the JobContext
+        await MeteredLLM(FakeLLM(prompt_tokens=6, completion_tokens=2)).chat(chat_ctx=_ctx()).collect()
+    assert {(r.session_id, r.resource, r.raw) for r in job_meter.records} == {
+        ("AJ_job", Resource.LLM_INPUT, 6),
+        ("AJ_job", Resource.LLM_OUTPUT, 2),
+    }
