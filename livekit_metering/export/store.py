@@ -154,6 +154,9 @@ class OutboxStore:
         # The writer runs on the agent's event loop: SQLite's busy handler sleeps 1 ms and more per
         # retry, so it gets none and waits for another process's transaction in finer steps (_begin).
         self._writer.execute("PRAGMA busy_timeout=0")
+        # Shrinking a grown WAL (ftruncate of a large file) costs tens of ms of kernel time and
+        # happens in the commit of whichever connection restarts the log: never the writer's.
+        self._writer.execute("PRAGMA journal_size_limit=-1")
         self._reader = self._connect()
         self._warned_full = False
         self._closed = False
