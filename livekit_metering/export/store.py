@@ -8,7 +8,9 @@ crash of the host in the last moments before the next checkpoint; those are rare
 job processes, and waiting for an fsync on every record would block the agent's event loop.
 
 The writer connection never checkpoints (``wal_autocheckpoint=0``): a checkpoint copies pages and
-fsyncs, which is what stalls. The sender's thread checkpoints instead (PASSIVE, never blocking writers).
+fsyncs, which is what stalls. The sender's thread checkpoints instead (PASSIVE, never blocking writers),
+and only its connection shrinks a grown WAL file. In-process, writes wait on a Python lock rather than
+SQLite's busy handler, and the sender deletes in small transactions, so the writer's waits stay short.
 
 Several processes of one host may share the file (livekit-agents runs each job in its own process);
 SQLite's locking serializes their writes, and a per-record ``version`` makes every delete exact.
