@@ -179,3 +179,22 @@ async def test_stream_records_carry_the_language_of_the_request() -> None:
     await model.recognize(silence(0.1), language="de")
     await model.recognize(silence(0.1))
     assert [r.language for r in meter.records] == ["fr", "de", ""]
+
+
+async def test_batch_child_of_a_fallback_adapter_is_metered_per_recognize() -> None:
+    meter = _meter()
+    inner = FakeBatchSTT(model="batch-stt")
+    model = MeteredSTT(stt.FallbackAdapter([inner], vad=FakeVAD()), meter=meter)  # builds a StreamAdapter
+    stream = model.stream()
+    for seconds in (0.5, 0.3):
+        for frame in silence(seconds):
+            stream.push_frame(frame)
+        stream.flush()
+    stream.end_input()
+    async for _ in stream:
+        pass
+    await stream.aclose()
+    assert [(r.model, r.raw, r.meta["mode"]) for r in meter.records] == [
+        ("batch-stt", 500, "recognize"),
+        ("batch-stt", 300, "recognize"),
+    ]
