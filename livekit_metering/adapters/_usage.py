@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import meter as _meter_module
 from ..meter import Meter, current_meter
 from ..records import Resource, Status
 
@@ -81,31 +80,10 @@ def _text(value: object) -> str:
 
 
 def resolve_meter(explicit: Meter | None) -> Meter:
-    """The meter a request is recorded on, resolved when the request is made.
-
-    The one passed to the adapter; else the meter made current by ``metered`` / ``use_meter``
-    (a context variable, inherited by the session's tasks); else the SessionMeter of the running
-    job, found through its JobContext (for a request made outside the entrypoint's context);
-    else the process default (a plain script).
-    """
-    if explicit is not None:
-        return explicit
-    if _meter_module._current.get() is None:
-        job_meter = _job_meter()
-        if job_meter is not None:
-            return job_meter
-    return current_meter()
-
-
-def _job_meter() -> Meter | None:
-    try:
-        from livekit.agents import get_job_context
-
-        from ..session import meter_for
-
-        return meter_for(get_job_context())
-    except Exception:  # no job running (RuntimeError), or the job is not metered
-        return None
+    """The meter a request is recorded on, resolved when the request is made: the one passed to
+    the adapter, else ``current_meter()`` (the job's meter, set by ``metered`` or found through
+    the JobContext; else the process default in a plain script)."""
+    return explicit if explicit is not None else current_meter()
 
 
 def record(
