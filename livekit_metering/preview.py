@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from .records import MeterRecord, Resource, Status, Unit
+from .records import MeterRecord, Resource, Status, Unit, latest_forms
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CostPreview",
     "attach_preview",
-    "latest_forms",
     "maybe_attach_preview",
     "preview_enabled",
     "render_summary",
@@ -106,16 +105,6 @@ class _Sum:
     quantity: Decimal = Decimal(0)
     cost: Decimal | None = Decimal(0)
     usages: int = 0
-
-
-def latest_forms(records: Iterable[MeterRecord]) -> list[MeterRecord]:
-    """The latest form of each usage: a checkpoint is replaced by a later figure or the final form."""
-    latest: dict[str, MeterRecord] = {}
-    for record in records:
-        stored = latest.get(record.id)
-        if stored is None or record.supersedes(stored) or (stored.is_final and record.is_final):
-            latest[record.id] = record
-    return list(latest.values())
 
 
 def summary_lines(records: Iterable[MeterRecord], book: PriceBook, plan: str = "ship") -> list[SummaryLine]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from decimal import Decimal
 from enum import Enum
@@ -37,6 +38,7 @@ __all__ = [
     "Resource",
     "Status",
     "Unit",
+    "latest_forms",
     "record_id",
 ]
 
@@ -262,6 +264,19 @@ def _describe(exc: ValidationError) -> str:
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         parts.append(f"{where}: {_HINTS.get(err['type'], err['msg'])}{shown}")
     return "invalid meter record: " + "; ".join(parts)
+
+
+def latest_forms(records: Iterable[MeterRecord]) -> list[MeterRecord]:
+    """The records that count: each id's final form, or its latest checkpoint if it never closed.
+
+    The first final form of an id stands, as in the collector (a different later one is a conflict).
+    """
+    seen: dict[str, MeterRecord] = {}
+    for record in records:
+        stored = seen.get(record.id)
+        if stored is None or record.supersedes(stored):
+            seen[record.id] = record
+    return list(seen.values())
 
 
 def record_id(session_id: str, usage: str, resource: Resource | str) -> str:

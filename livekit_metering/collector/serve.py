@@ -8,6 +8,7 @@ is lost, and nothing half-received was acknowledged.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -67,12 +68,26 @@ def build_config(
     return CollectorConfig(database=database, keys=ring, limits=limits, prices=prices, close_stale_after=stale)
 
 
+def _tune_gc() -> None:
+    """Collect the young generation every 50,000 allocations instead of 700.
+
+    Ingest builds ten objects or so per record and frees them with its batch; with the default
+    thresholds the cyclic collector ran so often that it doubled the cost of validating a batch
+    (10 µs instead of 5 µs a record). Reference counting still frees everything acyclic at once,
+    so memory stays flat. Objects alive at start (modules, price book) are frozen out of the scans.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8790, workers: int = 1) -> None:
     """Serve until SIGINT/SIGTERM. ``workers`` > 1 forks that many processes sharing one listening
     socket (the kernel spreads connections), so validation runs on several cores; they share the
     store (SQLite serialises their commits, PostgreSQL row-locks them). /metrics then shows the
     counters of the worker that answered."""
     configure_logging()
+    _tune_gc()
     log.info("listening", extra={"host": host, "port": port, "workers": workers})
     if workers <= 1:
         web.run_app(create_app(config), host=host, port=port, shutdown_timeout=30, print=None, access_log=None)

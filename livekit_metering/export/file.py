@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..records import MeterRecord
+from ..records import InvalidRecord, MeterRecord, latest_forms
 
 __all__ = ["FileExporter", "read_records"]
 
@@ -37,30 +38,19 @@ class FileExporter:
         pass
 
 
-def read_records(path: str | os.PathLike[str], *, latest: bool = True) -> Iterator[MeterRecord]:
+def read_records(path: str | os.PathLike[str], *, latest: bool = True) -> list[MeterRecord]:
     """Read records back from a JSON-lines file.
 
-    With ``latest`` (the default), each id yields only its final form, or its latest checkpoint
+    With ``latest`` (the default), each id gives only its final form, or its latest checkpoint
     when the usage never closed: the file holds every checkpoint a session wrote on its way.
     """
-    import json
-
-    from ..records import InvalidRecord
-
-    seen: dict[str, MeterRecord] = {}
+    records: list[MeterRecord] = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                record = MeterRecord.from_json(json.loads(line))
+                records.append(MeterRecord.from_json(json.loads(line)))
             except (ValueError, InvalidRecord) as exc:
                 raise InvalidRecord(f"{path}:{number}: {exc}") from None
-            if not latest:
-                yield record
-                continue
-            stored = seen.get(record.id)
-            if stored is None or record.supersedes(stored):
-                seen[record.id] = record
-    if latest:
-        yield from seen.values()
+    return latest_forms(records) if latest else records

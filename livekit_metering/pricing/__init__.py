@@ -4,8 +4,9 @@ Prices are bundled TOML data (``data/``) with an effective date and a source on 
 TOML file adds or overrides rows. Money is Decimal USD.
 """
 
+from ..records import latest_forms
 from .book import PriceBook, model_key
-from .cost import CostLine, CostReport, latest_forms
+from .cost import CostLine, CostReport
 from .errors import InvalidMonth, InvalidPriceBook, UnknownPlan
 from .invoice import Invoice, InvoiceLine, cents, month_bounds
 from .rows import Kind, Plan, PriceRow

@@ -7,23 +7,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..records import MeterRecord, Resource
+from ..records import MeterRecord, Resource, latest_forms
 from .rows import INFERENCE_RESOURCES, PriceRow
 
 if TYPE_CHECKING:
     from .book import PriceBook
 
-__all__ = ["CostLine", "CostReport", "cost_report", "latest_forms", "usage_label"]
-
-
-def latest_forms(records: Iterable[MeterRecord]) -> list[MeterRecord]:
-    """The records that count: each id's final form, or its latest checkpoint if it never closed."""
-    seen: dict[str, MeterRecord] = {}
-    for record in records:
-        stored = seen.get(record.id)
-        if stored is None or record.supersedes(stored):
-            seen[record.id] = record
-    return list(seen.values())
+__all__ = ["CostLine", "CostReport", "cost_report", "usage_label"]
 
 
 def usage_label(record: MeterRecord, row: PriceRow | None) -> str:

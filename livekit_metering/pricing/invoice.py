@@ -28,8 +28,8 @@ from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..records import UNIT_SIZE, MeterRecord, Resource
-from .cost import latest_forms, usage_label
+from ..records import UNIT_SIZE, MeterRecord, Resource, latest_forms
+from .cost import usage_label
 from .errors import InvalidMonth
 from .rows import INFERENCE_RESOURCES, PRICE_UNITS, PriceRow
 
