@@ -27,6 +27,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from .money import usd
+
 if TYPE_CHECKING:
     from livekit.agents import JobContext, TurnHandlingOptions
     from rich.console import Console
@@ -324,10 +326,7 @@ def _report(
 
 
 def _usd(value: Any) -> str:
-    if value is None:
-        return "unpriced"
-    amount = Decimal(str(value))
-    return f"{'-' if amount < 0 else ''}${abs(amount):,}"
+    return usd(None if value is None else Decimal(str(value)), places=2)  # invoice lines are in cents
 
 
 def _plain(value: Any) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from .money import usd
 from .records import MeterRecord, Resource, Status, Unit, latest_forms
 
 if TYPE_CHECKING:
@@ -144,16 +145,6 @@ def _billable(line: SummaryLine) -> str:
     return f"{shown} {one if line.quantity == 1 else many}"
 
 
-def _money(amount: Decimal | None, places: int = 4) -> str:
-    if amount is None:
-        return "unpriced"
-    quantum = Decimal(1).scaleb(-places)
-    shown = amount.quantize(quantum)
-    if shown == 0 and amount != 0:
-        return f"<${quantum}"
-    return f"${shown:,}"
-
-
 def _unit_price(line: SummaryLine) -> str:
     price = line.unit_price
     if price is None:
@@ -197,10 +188,10 @@ def render_summary(records: Iterable[MeterRecord], book: PriceBook, plan: str = 
             _measured(line),
             _billable(line),
             _unit_price(line),
-            _money(line.cost),
+            usd(line.cost),
         )
     table.add_section()
-    table.add_row("[bold]Total[/]", "", "", "", "", f"[bold]{_money(total)}[/]" + (" +unpriced" if unpriced else ""))
+    table.add_row("[bold]Total[/]", "", "", "", "", f"[bold]{usd(total)}[/]" + (" +unpriced" if unpriced else ""))
     table.caption = "Each usage is rounded up to its increment before summing; included plan quotas are not deducted."
     return table
 
@@ -262,7 +253,7 @@ class CostPreview:
         line = SummaryLine(record.resource, record.model, record.unit, record.raw, record.quantity, cost, 1)
         what = f"{label} {_billable(line)}" + (f" ({record.model})" if record.model else "")
         running = " (running)" if record.status is Status.CHECKPOINT else ""
-        return f"[dim]💲 {what}{running}: {_money(cost, 6)}[/dim]  [bold]session so far {_money(total)}[/]"
+        return f"[dim]💲 {what}{running}: {usd(cost, 6)}[/dim]  [bold]session so far {usd(total)}[/]"
 
     def summary(self) -> Table:
         return render_summary(self.records, self.book, self.plan)

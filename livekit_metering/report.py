@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote, urlencode
 
+from .money import usd
 from .records import UNIT_SIZE, InvalidRecord, MeterRecord, Resource, Unit
 
 if TYPE_CHECKING:
@@ -435,17 +436,6 @@ def build_report(
 
 
 # -- output -------------------------------------------------------------------------------------------
-
-
-def usd(amount: Decimal | None, places: int = 4) -> str:
-    """Money for people: $1,234.5678 with enough places to see sub-cent inference costs."""
-    if amount is None:
-        return "unpriced"
-    quantum = Decimal(1).scaleb(-places)
-    shown = amount.quantize(quantum)
-    if shown == 0 and amount != 0:
-        return f"<${quantum}"
-    return f"${shown:,}"
 
 
 def quantity_text(quantity: Decimal) -> str:
