@@ -373,3 +373,25 @@ def test_keys_file_maps_keys_to_projects_and_bad_files_say_what_to_fix(tmp_path:
             build_config()
         config = build_config(keys=str(good), max_batch=10)
         assert (len(config.keys), config.limits.max_batch) == (2, 10)
+
+
+async def test_sums_keep_the_language_apart_so_multilingual_stt_is_priced_as_such(
+    collector: str, http: aiohttp.ClientSession
+) -> None:
+    # deepgram/nova-3 costs more with language "multi": summed usage must not price it as monolingual.
+    from livekit_metering.pricing import PriceBook
+
+    stt = dict(resource=Resource.STT, raw=600_000, seconds=600, model="deepgram/nova-3", provider="livekit")
+    records = [rec("S1", "stt-1", **stt), rec("S2", "stt-1", language="multi", **stt)]
+    status, _ = await post(http, collector, body_of(records))
+    assert status == 200
+
+    book = PriceBook.bundled()
+    mono, multi = (book.price_of(r, plan="ship") for r in records)
+    assert mono is not None and multi is not None and multi > mono
+    status, usage = await get(http, collector, "/v1/usage?group_by=model")
+    assert status == 200
+    assert Decimal(usage["total"]) == mono + multi == book.cost(records, plan="ship").total
+    month = NOW.strftime("%Y-%m")
+    status, invoice = await get(http, collector, f"/v1/invoice?month={month}&plan=ship")
+    assert invoice == book.invoice(records, plan="ship", month=month).to_json()

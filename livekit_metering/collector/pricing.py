@@ -43,7 +43,7 @@ def aggregate_record(row: UsageRow, day: date) -> MeterRecord:
     """A summed usage as one record, so sums are priced by the same code as single records."""
     when = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     return MeterRecord.model_construct(
-        id=f"sum/{row.key}/{row.resource.value}/{row.provider}/{row.model}",
+        id=f"sum/{row.key}/{row.resource.value}/{row.provider}/{row.model}/{row.language}",
         session_id="sum",
         resource=row.resource,
         raw=row.raw,
@@ -52,6 +52,7 @@ def aggregate_record(row: UsageRow, day: date) -> MeterRecord:
         policy="sum",
         model=row.model,
         provider=row.provider,
+        language=row.language,
         start=when,
         end=when,
     )

@@ -169,6 +169,7 @@ class UsageRow:
     billable: int
     raw: int
     records: int
+    language: str = ""
 
     @property
     def quantity(self) -> Decimal:
@@ -271,18 +272,21 @@ class Store(abc.ABC):
         await self.close()
 
 
-def rollup_keys(item: Stored) -> list[tuple[str, str, str, str, str, str, str]]:
-    """The roll-up rows one record adds to: (dimension, key, day, resource, unit, model, provider).
+def rollup_keys(item: Stored) -> list[tuple[str, str, str, str, str, str, str, str]]:
+    """The roll-up rows one record adds to: (dimension, key, day, resource, unit, model, provider, language).
+
+    The language is part of the price key (multilingual STT costs more), so sums keep it apart.
 
     One narrow row for day/resource/model totals (month-to-date reads a few rows per day), and one
     per extra dimension (agent, customer), so a high-cardinality dimension never slows the others.
     """
     r = item.record
     day, resource, unit = item.day, r.resource.value, r.unit.value
+    price_key = (resource, unit, r.model, r.provider, r.language)
     return [
-        ("", "", day, resource, unit, r.model, r.provider),
-        ("agent", r.agent_name, day, resource, unit, r.model, r.provider),
-        ("customer", r.customer, day, resource, unit, r.model, r.provider),
+        ("", "", day, *price_key),
+        ("agent", r.agent_name, day, *price_key),
+        ("customer", r.customer, day, *price_key),
     ]
 
 

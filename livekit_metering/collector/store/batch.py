@@ -13,7 +13,7 @@ from .base import Outcome, Stored, fold, rollup_keys, session_fields
 
 __all__ = ["BatchPlan", "plan_batch"]
 
-RollupKey = tuple[str, str, str, str, str, str, str]
+RollupKey = tuple[str, str, str, str, str, str, str, str]
 
 
 @dataclass

@@ -46,8 +46,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE rollup (
         project TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, day TEXT NOT NULL,
         resource TEXT NOT NULL, unit TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
-        billable BIGINT NOT NULL, raw BIGINT NOT NULL, records BIGINT NOT NULL,
-        PRIMARY KEY (project, dim, day, key, resource, unit, model, provider)
+        language TEXT NOT NULL, billable BIGINT NOT NULL, raw BIGINT NOT NULL, records BIGINT NOT NULL,
+        PRIMARY KEY (project, dim, day, key, resource, unit, model, provider, language)
     );
     CREATE TABLE sessions (
         project TEXT NOT NULL, session_id TEXT NOT NULL, room TEXT NOT NULL, room_sid TEXT NOT NULL,
@@ -75,9 +75,10 @@ _UPDATE = (
     + " WHERE project = $1 AND id = $2"
 )
 _ROLLUP = (
-    "INSERT INTO rollup AS r (project, dim, key, day, resource, unit, model, provider, billable, raw, records)"
-    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
-    " ON CONFLICT (project, dim, day, key, resource, unit, model, provider) DO UPDATE SET"
+    "INSERT INTO rollup AS r"
+    " (project, dim, key, day, resource, unit, model, provider, language, billable, raw, records)"
+    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+    " ON CONFLICT (project, dim, day, key, resource, unit, model, provider, language) DO UPDATE SET"
     " billable = r.billable + excluded.billable, raw = r.raw + excluded.raw, records = r.records + excluded.records"
 )
 _SESSION = """

@@ -68,15 +68,17 @@ def usage_query(project: str, since: date, until: date, group_by: str, style: st
     p = _Params(style)
     if group_by == "room":
         return (
-            "SELECT room, resource, unit, model, provider, SUM(billable), SUM(raw), COUNT(*) FROM records"
+            "SELECT room, resource, unit, model, provider, SUM(billable), SUM(raw), COUNT(*), language FROM records"
             f" WHERE project = {p(project)} AND start_ms >= {p(_day_ms(since))} AND start_ms < {p(_day_ms(until))}"
-            " GROUP BY room, resource, unit, model, provider ORDER BY room, resource, unit, model, provider"
+            " GROUP BY room, resource, unit, model, provider, language"
+            " ORDER BY room, resource, unit, model, provider, language"
         ), p.args
     return (
-        f"SELECT {col}, resource, unit, model, provider, SUM(billable), SUM(raw), SUM(records) FROM rollup"
+        f"SELECT {col}, resource, unit, model, provider, SUM(billable), SUM(raw), SUM(records), language FROM rollup"
         f" WHERE project = {p(project)} AND dim = {p(dim)} AND day >= {p(since.isoformat())}"
         f" AND day < {p(until.isoformat())}"
-        f" GROUP BY {col}, resource, unit, model, provider ORDER BY {col}, resource, unit, model, provider"
+        f" GROUP BY {col}, resource, unit, model, provider, language"
+        f" ORDER BY {col}, resource, unit, model, provider, language"
     ), p.args
 
 
@@ -90,4 +92,5 @@ def usage_row(row: Sequence[Any]) -> UsageRow:
         billable=int(row[5]),
         raw=int(row[6]),
         records=int(row[7]),
+        language=row[8],
     )

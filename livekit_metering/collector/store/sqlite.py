@@ -48,8 +48,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE rollup (
         project TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, day TEXT NOT NULL,
         resource TEXT NOT NULL, unit TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL,
-        billable INTEGER NOT NULL, raw INTEGER NOT NULL, records INTEGER NOT NULL,
-        PRIMARY KEY (project, dim, day, key, resource, unit, model, provider)
+        language TEXT NOT NULL, billable INTEGER NOT NULL, raw INTEGER NOT NULL, records INTEGER NOT NULL,
+        PRIMARY KEY (project, dim, day, key, resource, unit, model, provider, language)
     ) WITHOUT ROWID;
     CREATE TABLE sessions (
         project TEXT NOT NULL, session_id TEXT NOT NULL, room TEXT NOT NULL, room_sid TEXT NOT NULL,
@@ -73,8 +73,8 @@ _UPDATE = (
     + " WHERE project = ?1 AND id = ?2"
 )
 _ROLLUP = (
-    "INSERT INTO rollup (project, dim, key, day, resource, unit, model, provider, billable, raw, records)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+    "INSERT INTO rollup (project, dim, key, day, resource, unit, model, provider, language, billable, raw, records)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
     " billable = billable + excluded.billable, raw = raw + excluded.raw, records = records + excluded.records"
 )
 _SESSION_UPSERT = """
