@@ -27,6 +27,7 @@ from collector_helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from livekit_metering.collector.pricing import aggregate_record
 from livekit_metering.collector.store.base import Outcome, SessionFilter, Stored, fold, open_store
 from livekit_metering.collector.testing import run_collector
 from livekit_metering.records import MeterRecord, Resource, Status
@@ -119,6 +120,36 @@ async def test_rollups_follow_checkpoint_replacement_exactly(database: str) -> N
         assert [(r.key, r.quantity, r.records) for r in rows] == [("agent_session", 3, 1)]
         [session] = await store.sessions("p", SessionFilter())
         assert (session.closed, session.end_cause, session.records) == (True, "shutdown", 1)
+
+
+async def test_summed_usage_is_priced_as_on_each_day_so_a_price_change_mid_month_applies_from_its_date(
+    database: str,
+) -> None:
+    from livekit_metering.collector.pricing import Pricer
+    from livekit_metering.pricing import PriceBook
+
+    yesterday, today = NOW - timedelta(days=1), NOW
+    cheaper = f"""
+[[stt]]
+model = "deepgram/nova-3"
+price = "0.0010"
+effective = {today.date().isoformat()}
+source = "a contract that starts today"
+"""
+    book = PriceBook.from_toml(cheaper, base=PriceBook.bundled())
+    stt = dict(resource=Resource.STT, raw=600_000, seconds=600, model="deepgram/nova-3", provider="livekit")
+    records = [rec("S1", "stt-1", start=yesterday, **stt), rec("S2", "stt-1", start=today, **stt)]
+    old, new = (book.price_of(r, plan="ship") for r in records)
+    assert old is not None and new is not None and new < old  # the same usage, priced as on its day
+
+    async with open_store(database) as store:
+        await store.ingest("p", [Stored(r) for r in records])
+        rows = await store.usage("p", yesterday.date(), today.date() + timedelta(days=1), "resource")
+    pricer = Pricer(book)
+    assert sum(pricer.price_of(aggregate_record(row), "ship") or 0 for row in rows) == old + new
+    if yesterday.month == today.month:
+        month = today.strftime("%Y-%m")
+        assert pricer.invoice(rows, "ship", month) == book.invoice(records, plan="ship", month=month).to_json()
 
 
 async def test_usage_groups_and_session_filters(database: str) -> None:

@@ -2,8 +2,8 @@
 
 Pricing lives in ``livekit_metering.pricing`` (PriceBook); this module is the one place the
 collector touches it. Prices are linear in quantity (``price_of`` does not round), so a summed
-roll-up row priced as one record costs exactly what its records cost one by one, as long as they
-fall under the same price row (summed rows are priced at the start of the period asked for).
+roll-up row priced as one record costs exactly what its records cost one by one: rows are summed
+per day, and each is priced as on its day, so a price change within a month applies from its date.
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ class Pricer:
         return self.book.price_of(record, plan=plan)
 
     def invoice(self, rows: Sequence[UsageRow], plan: str, month: str) -> dict[str, Any]:
-        first = date.fromisoformat(f"{month}-01")
-        records = [aggregate_record(row, first) for row in rows]
+        records = [aggregate_record(row) for row in rows]
         return self.book.invoice(records, plan=plan, month=month).to_json()
 
 
-def aggregate_record(row: UsageRow, day: date) -> MeterRecord:
-    """A summed usage as one record, so sums are priced by the same code as single records."""
+def aggregate_record(row: UsageRow) -> MeterRecord:
+    """A day's summed usage as one record, so sums are priced by the same code as single records."""
+    day = date.fromisoformat(row.day)
     when = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     return MeterRecord.model_construct(
-        id=f"sum/{row.key}/{row.resource.value}/{row.provider}/{row.model}/{row.language}",
+        id=f"sum/{row.key}/{row.day}/{row.resource.value}/{row.provider}/{row.model}/{row.language}",
         session_id="sum",
         resource=row.resource,
         raw=row.raw,

@@ -114,15 +114,15 @@ class Queries:
         if until < since:
             raise BadQuery("until is before since")
         rows = await self.store.usage(project, _day_floor(since), _day_ceil(until), group_by)
-        return self.usage_json(group_by, rows, plan, _day_floor(since))
+        return self.usage_json(group_by, rows, plan)
 
-    def usage_json(self, group_by: str, rows: list[UsageRow], plan: str, priced_at: date) -> dict[str, Any]:
+    def usage_json(self, group_by: str, rows: list[UsageRow], plan: str) -> dict[str, Any]:
         # Rows are priced per (key, resource, unit, model) and shown per (key, resource, unit).
         merged: dict[tuple[str, str, str], dict[str, Any]] = {}
         total = Decimal(0)
         unpriced: set[str] = set()
         for row in rows:
-            cost = self.pricer.price_of(aggregate_record(row, priced_at), plan) if row.billable else Decimal(0)
+            cost = self.pricer.price_of(aggregate_record(row), plan) if row.billable else Decimal(0)
             if cost is None:
                 unpriced.add(row.model or row.resource.value)
             else:

@@ -170,6 +170,7 @@ class UsageRow:
     raw: int
     records: int
     language: str = ""
+    day: str = ""  # the UTC day (ISO) of the usage: prices are taken as they were that day
 
     @property
     def quantity(self) -> Decimal:

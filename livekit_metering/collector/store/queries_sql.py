@@ -68,17 +68,19 @@ def usage_query(project: str, since: date, until: date, group_by: str, style: st
     p = _Params(style)
     if group_by == "room":
         return (
-            "SELECT room, resource, unit, model, provider, SUM(billable), SUM(raw), COUNT(*), language FROM records"
+            "SELECT room, resource, unit, model, provider, SUM(billable), SUM(raw), COUNT(*), language, day"
+            " FROM records"
             f" WHERE project = {p(project)} AND start_ms >= {p(_day_ms(since))} AND start_ms < {p(_day_ms(until))}"
-            " GROUP BY room, resource, unit, model, provider, language"
-            " ORDER BY room, resource, unit, model, provider, language"
+            " GROUP BY room, resource, unit, model, provider, language, day"
+            " ORDER BY room, resource, unit, model, provider, language, day"
         ), p.args
     return (
-        f"SELECT {col}, resource, unit, model, provider, SUM(billable), SUM(raw), SUM(records), language FROM rollup"
+        f"SELECT {col}, resource, unit, model, provider, SUM(billable), SUM(raw), SUM(records), language, day"
+        " FROM rollup"
         f" WHERE project = {p(project)} AND dim = {p(dim)} AND day >= {p(since.isoformat())}"
         f" AND day < {p(until.isoformat())}"
-        f" GROUP BY {col}, resource, unit, model, provider, language"
-        f" ORDER BY {col}, resource, unit, model, provider, language"
+        f" GROUP BY {col}, resource, unit, model, provider, language, day"
+        f" ORDER BY {col}, resource, unit, model, provider, language, day"
     ), p.args
 
 
@@ -93,4 +95,5 @@ def usage_row(row: Sequence[Any]) -> UsageRow:
         raw=int(row[6]),
         records=int(row[7]),
         language=row[8],
+        day=row[9],
     )
