@@ -195,8 +195,7 @@ class MeteredRecognizeStream(stt.RecognizeStream):
         self._who = Attribution.of(metered._wrapped, kwargs.get("language"), speech=True)
         self._usage = self._meter.next_usage("stt")
         self._span = Span()
-        self._samples = 0  # audio forwarded, in samples per channel at _sample_rate
-        self._sample_rate = 0
+        self._samples = 0  # audio forwarded, in samples per channel at the wrapped stream's _pushed_sr
         self._provider_s = 0.0
         self._finalized = False
         self._timer: asyncio.TimerHandle | None = None
@@ -247,11 +246,9 @@ class MeteredRecognizeStream(stt.RecognizeStream):
 
     def push_frame(self, frame: rtc.AudioFrame) -> None:
         # the hot path (50 frames a second for the whole session): one call and one addition.
-        # The wrapped push_frame raises on a sample-rate change, so one rate holds for all.
+        # The wrapped push_frame raises on a sample-rate change, and keeps the rate (_pushed_sr).
         self._push_frame(frame)
         self._samples += frame.samples_per_channel
-        if not self._sample_rate:
-            self._sample_rate = frame.sample_rate
 
     def flush(self) -> None:
         self._inner.flush()
@@ -298,7 +295,8 @@ class MeteredRecognizeStream(stt.RecognizeStream):
 
     def _record(self, status: Status, meta: Meta) -> None:
         connection_ms = self._span.elapsed_ms()
-        audio_ms = self._samples * 1000 // self._sample_rate if self._sample_rate else 0
+        rate = getattr(self._inner, "_pushed_sr", 0)
+        audio_ms = self._samples * 1000 // rate if rate else 0
         provider_ms = round(self._provider_s * 1000)
         raw = max(connection_ms, audio_ms, provider_ms)
         meta = {
