@@ -70,6 +70,7 @@ class FakeLLM(llm.LLM):
         self.fail_after_chunks = fail_after_chunks
         self.fail_attempts = fail_attempts  # the first N attempts fail with a retryable error
         self.attempts = 0
+        self.chunks_sent = 0
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = cached_tokens
         self.completion_tokens = completion_tokens
@@ -118,6 +119,7 @@ class _FakeLLMStream(llm.LLMStream):
                 await asyncio.sleep(fake.chunk_delay)
             content = w + (" " if i < len(words) - 1 else "")
             self._event_ch.send_nowait(llm.ChatChunk(id=rid, delta=llm.ChoiceDelta(role="assistant", content=content)))
+            fake.chunks_sent += 1
         if fake.send_usage:
             prompt = fake.prompt_tokens if fake.prompt_tokens is not None else max(1, prompt_chars // 4)
             completion = fake.completion_tokens if fake.completion_tokens is not None else len(words)

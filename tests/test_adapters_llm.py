@@ -70,7 +70,10 @@ async def test_cancelled_request_in_a_session_is_estimated_where_session_usage_s
         async with AgentSession(llm=MeteredLLM(inner, meter=meter)) as session:
             await session.start(Agent(instructions="You are a bank assistant."))
             handle = session.generate_reply(user_input="Tell me everything about my account.")
-            await asyncio.sleep(0.2)
+            for _ in range(1000):  # interrupt mid-stream: after a few chunks, long before the last
+                if inner.chunks_sent >= 5:
+                    break
+                await asyncio.sleep(0.01)
             handle.interrupt()
             await handle.wait_for_playout()
             llm_usage = [u for u in session.usage.model_usage if u.type == "llm_usage"]

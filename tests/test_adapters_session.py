@@ -130,7 +130,10 @@ async def test_interrupted_speech_in_a_session_is_billed_where_session_usage_sho
     with fake_job_context():
         await session.start(Agent(instructions="You are a bank assistant."))
         handle = session.generate_reply(user_input="Read me my statement.")
-        await asyncio.sleep(0.3)  # the text has gone to the TTS provider; no audio yet
+        for _ in range(1000):  # interrupt once text has gone to the TTS provider, before its audio
+            if tts_.received_chars:
+                break
+            await asyncio.sleep(0.01)
         handle.interrupt()
         await handle.wait_for_playout()
         await session.aclose()
