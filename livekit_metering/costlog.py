@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from .records import UNIT_SIZE, MeterRecord, Resource, Unit
+from .records import UNIT_SIZE, MeterRecord, Resource, Unit, latest_forms
 
 __all__ = ["SessionSummary", "cost_line", "log_summary", "summarize"]
 
@@ -68,7 +68,7 @@ def summarize(
     price: bool = True,
 ) -> SessionSummary:
     """Sum a session's records (latest form of each usage) and price them with the price book."""
-    records = list(records)
+    records = latest_forms(records)
     fields: dict[str, Any] = {"session_id": session_id, "plan": plan}
     billed_ms = 0
     stt_ms = 0
@@ -120,22 +120,14 @@ def _price(records: list[MeterRecord], *, plan: str, prices: str | Path | None) 
     try:
         book = _price_book(str(prices) if prices else None)
         report = book.cost(records, plan=plan)
-        price_date = _price_date(book, records, plan)
     except Exception as exc:
         logger.warning("livekit-metering could not price the session (%s: %s)", type(exc).__name__, exc)
         return {}
     return {
         "cost": Decimal(report.total),
         "unpriced": sorted(str(model) for model in report.unpriced),
-        "price_date": price_date,
+        "price_date": report.price_date.isoformat(),
     }
-
-
-def _price_date(book: Any, records: list[MeterRecord], plan: str) -> str | None:
-    """The newest effective date among the prices used (and the plan's), like the invoice preview."""
-    dates = [row.effective for row in (book.row_of(r, plan) for r in records) if row is not None]
-    dates.append(book.plan(plan).effective)
-    return max(dates).isoformat() if dates else None
 
 
 def _money(value: Decimal) -> str:

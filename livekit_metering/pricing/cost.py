@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -62,10 +63,12 @@ class CostReport:
     """List-price cost of some records on one plan: exact Decimal USD, not rounded.
 
     Unpriced usage (unknown model, resource without a price) is listed in ``unpriced`` and left
-    out of every sum: it is never counted as $0.
+    out of every sum: it is never counted as $0. ``price_date`` is the newest ``effective`` date
+    among the plan and the rows used, as on the invoice preview.
     """
 
     plan: str
+    price_date: date
     total: Decimal = Decimal(0)
     by_resource: dict[str, Decimal] = field(default_factory=dict)
     by_model: dict[str, Decimal] = field(default_factory=dict)
@@ -75,6 +78,7 @@ class CostReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "plan": self.plan,
+            "price_date": self.price_date.isoformat(),
             "currency": "USD",
             "total": format(self.total, "f"),
             "by_resource": {k: format(v, "f") for k, v in self.by_resource.items()},
@@ -86,12 +90,15 @@ class CostReport:
 
 def cost_report(book: PriceBook, records: Iterable[MeterRecord], plan: str = "ship") -> CostReport:
     """Price every counted record on ``plan`` at list price (see ``PriceBook.price_of``)."""
-    report = CostReport(plan=book.plan(plan).id)
+    the_plan = book.plan(plan)
+    report = CostReport(plan=the_plan.id, price_date=the_plan.effective)
     lines: dict[tuple[object, ...], CostLine] = {}
     unpriced: set[str] = set()
     for record in latest_forms(records):
         row = book.row_of(record, plan)
         cost = book.price_with(record, row, plan)
+        if row is not None and row.effective > report.price_date:
+            report.price_date = row.effective
         label = usage_label(record, row)
         key = (record.resource, label, record.unit, id(row))
         line = lines.get(key)
