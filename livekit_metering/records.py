@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any
@@ -39,6 +39,7 @@ __all__ = [
     "Status",
     "Unit",
     "latest_forms",
+    "parse_utc",
     "record_id",
 ]
 
@@ -264,6 +265,28 @@ def _describe(exc: ValidationError) -> str:
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         parts.append(f"{where}: {_HINTS.get(err['type'], err['msg'])}{shown}")
     return "invalid meter record: " + "; ".join(parts)
+
+
+def parse_utc(value: str) -> datetime:
+    """A time as people and query strings give it: an RFC 3339 time with an offset, or a bare
+    date (midnight UTC). Raises ValueError saying which of the two to write."""
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"cannot read the time {value!r}: use a date such as 2026-11-01 or an RFC 3339 time such as "
+            "2026-11-01T09:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"the time {value!r} has no UTC offset: add one, e.g. {value.strip()}Z")
+    return moment.astimezone(timezone.utc)
 
 
 def latest_forms(records: Iterable[MeterRecord]) -> list[MeterRecord]:

@@ -15,14 +15,14 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote, urlencode
 
 from .money import usd
-from .records import UNIT_SIZE, InvalidRecord, MeterRecord, Resource, Unit
+from .records import UNIT_SIZE, InvalidRecord, MeterRecord, Resource, Unit, parse_utc
 
 if TYPE_CHECKING:
     from .pricing import PriceBook
@@ -62,24 +62,21 @@ def parse_time(value: str, *, end_of_day: bool = False) -> datetime:
 
     A bare date as an upper bound means the end of that day, so ``--until 2026-11-30`` includes the 30th.
     """
-    text = value.strip()
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
-        start = datetime.combine(day, time(), tzinfo=timezone.utc)
-        return start + timedelta(days=1) if end_of_day else start
+        moment = parse_utc(value)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    if end_of_day and _is_date(value):
+        return moment + timedelta(days=1)
+    return moment
+
+
+def _is_date(value: str) -> bool:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        date.fromisoformat(value.strip())
     except ValueError:
-        raise ReportError(
-            f"cannot read the time {value!r}: use a date such as 2026-11-01 or an RFC 3339 time such as "
-            "2026-11-01T09:00:00Z"
-        ) from None
-    if moment.tzinfo is None:
-        raise ReportError(f"the time {value!r} has no UTC offset: add one, e.g. {text}Z")
-    return moment.astimezone(timezone.utc)
+        return False
+    return True
 
 
 def _in_window(record: MeterRecord, since: datetime | None, until: datetime | None) -> bool:

@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from ..records import parse_utc
 from .config import Limits
 from .pricing import PLANS, Pricer, aggregate_record
 from .store.base import GROUPS, SessionFilter, Store, UsageRow
@@ -30,17 +31,11 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     """RFC 3339 time or a YYYY-MM-DD date (midnight UTC)."""
     if value is None or value == "":
         return None
-    text = value.strip().replace("Z", "+00:00").replace(" ", "+")
     try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            d = date.fromisoformat(text)
-            return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadQuery(f"{name}={value!r} is not a time: use RFC 3339 (2026-11-27T10:00:00Z) or a date") from None
-    if when.tzinfo is None:
-        raise BadQuery(f"{name}={value!r} has no UTC offset: add Z or +00:00")
-    return when.astimezone(timezone.utc)
+        # A "+" in a query string arrives as a space: "+00:00" must survive unencoded use.
+        return parse_utc(value.replace(" ", "+"))
+    except ValueError as exc:
+        raise BadQuery(f"{name}: {exc}") from None
 
 
 def _month_start(now: datetime) -> datetime:
