@@ -41,6 +41,7 @@ __all__ = [
     "latest_forms",
     "parse_utc",
     "record_id",
+    "rfc3339",
 ]
 
 
@@ -164,7 +165,8 @@ def _utc_ms(value: datetime) -> datetime:
     return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
 
 
-def _rfc3339(value: datetime) -> str:
+def rfc3339(value: datetime) -> str:
+    """The wire form of a time: RFC 3339 in UTC, to the millisecond (``2026-11-27T10:00:00.000Z``)."""
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -174,7 +176,7 @@ Quantity = Annotated[
     Field(ge=0, allow_inf_nan=False),
     PlainSerializer(lambda d: format(d, "f"), return_type=str),
 ]
-UtcTime = Annotated[AwareDatetime, PlainSerializer(_rfc3339, return_type=str)]
+UtcTime = Annotated[AwareDatetime, PlainSerializer(rfc3339, return_type=str)]
 Name = Annotated[str, Field(max_length=256)]
 
 
@@ -220,7 +222,7 @@ class MeterRecord(BaseModel):
                 f"(measured in {base.value}); use one of: {fitting}"
             )
         if self.end < self.start:
-            raise ValueError(f"end ({_rfc3339(self.end)}) is before start ({_rfc3339(self.start)})")
+            raise ValueError(f"end ({rfc3339(self.end)}) is before start ({rfc3339(self.start)})")
         return self
 
     # -- JSON form -------------------------------------------------------------------------------

@@ -15,14 +15,14 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote, urlencode
 
 from .money import usd
-from .records import UNIT_SIZE, InvalidRecord, MeterRecord, Resource, Unit, parse_utc
+from .records import UNIT_SIZE, InvalidRecord, MeterRecord, Resource, Unit, parse_utc, rfc3339
 
 if TYPE_CHECKING:
     from .pricing import PriceBook
@@ -187,9 +187,9 @@ class CollectorSource:
         for _ in range(100_000):
             query: dict[str, str] = {"limit": str(self.page_size)}
             if since is not None:
-                query["since"] = _rfc3339(since)
+                query["since"] = rfc3339(since)
             if upper is not None:
-                query["until"] = _rfc3339(upper)
+                query["until"] = rfc3339(upper)
             body = await self._get(http, f"/v1/sessions?{urlencode(query)}")
             page = body.get("sessions")
             if not isinstance(page, list):
@@ -243,7 +243,9 @@ class StoreSource:
             )
         if self.database.startswith("sqlite:"):
             # Opening a missing SQLite file would create an empty store; say the path is wrong instead.
-            path = Path(_sqlite_path(self.database))
+            from .collector.store.base import sqlite_path
+
+            path = Path(sqlite_path(self.database))
             if not path.is_file():
                 raise ReportError(f"no SQLite store at {path}: check the path in {self.database!r}")
         return iter(asyncio.run(self._fetch(since, until, progress)))
@@ -273,18 +275,6 @@ class StoreSource:
             return records
         finally:
             await store.close()
-
-
-def _sqlite_path(url: str) -> str:
-    # sqlite:///relative.db and sqlite:////abs/path.db, like SQLAlchemy.
-    rest = url.removeprefix("sqlite:")
-    if rest.startswith("///"):
-        return rest[3:]
-    return rest.lstrip("/")
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -327,8 +317,8 @@ class SessionRow:
             "room": self.room,
             "agent_name": self.agent_name,
             "customer": self.customer,
-            "start": _rfc3339(self.start),
-            "end": _rfc3339(self.end),
+            "start": rfc3339(self.start),
+            "end": rfc3339(self.end),
             "billed_minutes": _dec(self.billed_minutes),
             "cost": _dec(self.cost),
             "unpriced": self.unpriced,

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from ..records import parse_utc
+from ..records import parse_utc, rfc3339
 from .config import Limits
 from .pricing import PLANS, Pricer, aggregate_record
 from .store.base import GROUPS, SessionFilter, Store, UsageRow
@@ -84,8 +84,8 @@ class Queries:
                     "room_sid": row.room_sid,
                     "agent_name": row.agent_name,
                     "customer": row.customer,
-                    "start": _iso(row.start),
-                    "end": _iso(row.end),
+                    "start": rfc3339(row.start),
+                    "end": rfc3339(row.end),
                     "state": "closed" if row.closed else "open",
                     "end_cause": row.end_cause,
                     "billed_minutes": format(row.billed_minutes.normalize(), "f"),
@@ -167,7 +167,3 @@ class Queries:
         if not 1 <= limit <= self.limits.max_query_limit:
             raise BadQuery(f"limit must be between 1 and {self.limits.max_query_limit}")
         return limit
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -299,8 +299,12 @@ def open_store(url: str) -> Store:
         return PostgresStore(url)
     from .sqlite import SqliteStore
 
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
-    return SqliteStore(path or "metering.db")
+    return SqliteStore(sqlite_path(url) or "metering.db")
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a SQLite URL, like SQLAlchemy: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``."""
+    return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
 
 
 def status_is_checkpoint(record: MeterRecord) -> bool:
