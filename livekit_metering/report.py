@@ -146,10 +146,9 @@ class CollectorSource:
         return cls(url.rstrip("/"), key, secret)
 
     def token(self) -> str:
-        from livekit.api import AccessToken
+        from .export.client import sign_body
 
-        token: str = AccessToken(self.api_key, self.api_secret).with_ttl(timedelta(minutes=5)).to_jwt()
-        return token
+        return sign_body(None, self.api_key, self.api_secret)
 
     def records(
         self, since: datetime | None, until: datetime | None, progress: Progress | None = None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -13,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from livekit import api
 
+from ..export.client import sign_body
 from .app import CollectorConfig, create_app
 from .auth import KeyRing
 from .config import Limits
@@ -67,11 +65,8 @@ async def _serve(config: CollectorConfig, port: int) -> AsyncIterator[str]:
 def sign(
     body: bytes | None = None, *, key: str = TEST_KEY, secret: str = TEST_SECRET, ttl: timedelta = timedelta(minutes=5)
 ) -> str:
-    """A JWT for the collector: with the body's sha256 claim for ingest, without for queries."""
-    token = api.AccessToken(key, secret).with_ttl(ttl)
-    if body is not None:
-        token = token.with_sha256(base64.b64encode(hashlib.sha256(body).digest()).decode())
-    return token.to_jwt()
+    """``export.client.sign_body`` with the test key pair by default."""
+    return sign_body(body, key, secret, ttl=ttl)
 
 
 def signed_headers(body: bytes, **kw: Any) -> dict[str, str]:

@@ -67,13 +67,16 @@ def ingest_url(url: str) -> str:
     return url if url.endswith("/v1/records") else url + "/v1/records"
 
 
-def sign_body(body: bytes, api_key: str, api_secret: str, *, ttl: timedelta = timedelta(minutes=5)) -> str:
-    """A JWT for this body, the same scheme LiveKit uses for webhooks."""
+def sign_body(body: bytes | None, api_key: str, api_secret: str, *, ttl: timedelta = timedelta(minutes=5)) -> str:
+    """A JWT for the collector, the scheme LiveKit uses for webhooks: with the sha256 of ``body`` as
+    sent (ingest), or without one (``body=None``: queries)."""
     from livekit.api import AccessToken
 
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    token: str = AccessToken(api_key, api_secret).with_ttl(ttl).with_sha256(digest).to_jwt()
-    return token
+    token = AccessToken(api_key, api_secret).with_ttl(ttl)
+    if body is not None:
+        token = token.with_sha256(base64.b64encode(hashlib.sha256(body).digest()).decode())
+    jwt: str = token.to_jwt()
+    return jwt
 
 
 def parse_retry_after(value: str | None) -> float | None:
