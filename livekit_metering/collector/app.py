@@ -73,6 +73,7 @@ class Collector:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         for status, n in counts.items():
             self.metrics.records.labels(status).inc(n)
+        log.info("ingest", extra={"project": project, "records": len(results), **counts})
         return results
 
 
@@ -136,7 +137,6 @@ async def post_records(request: web.Request) -> web.Response:
         return _error(413, f"the body is {request.content_length} bytes; the limit is {limit}, send smaller batches")
     body = await request.read()
     project = collector.keys.verify(request.headers.get("Authorization"), body)
-    started = time.monotonic()
     try:
         results = await collector.ingest(project.name, body, request.headers.get("Content-Encoding"))
     except (BadRequest, AuthError):
@@ -145,18 +145,6 @@ async def post_records(request: web.Request) -> web.Response:
         # The store failed (database down, disk full): nothing was acknowledged, the client retries.
         log.exception("store error", extra={"project": project.name})
         return _error(503, "the store is unavailable; retry later", **{"Retry-After": "1"})
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    log.info(
-        "ingest",
-        extra={
-            "project": project.name,
-            "records": len(results),
-            **counts,
-            "ms": round((time.monotonic() - started) * 1000, 1),
-        },
-    )
     return web.json_response({"results": results})
 
 
