@@ -7,8 +7,11 @@ LIVEKIT_METERING_REQUIRE_SERVICES=1 makes a missing service a failure instead of
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +37,24 @@ def chromium_path() -> str:
     if path:
         os.environ.setdefault("LIVEKIT_METERING_TEST_CHROMIUM", path)
     return _service("LIVEKIT_METERING_TEST_CHROMIUM", "Chromium")
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test module, dropped afterwards."""
+    from collector_helpers import fresh_pg_database
+
+    with fresh_pg_database(pg_url) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL: each test using it runs on SQLite and on (an emptied) PostgreSQL."""
+    from collector_helpers import reset_pg
+
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/metering.db"
+    url: str = request.getfixturevalue("pg_database")
+    asyncio.run(reset_pg(url))
+    return url

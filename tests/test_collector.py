@@ -9,7 +9,7 @@ import gzip
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +18,7 @@ from unittest import mock
 
 import aiohttp
 import pytest
-from collector_helpers import NOW, body_of, fresh_pg_database, get, post, rec, reset_pg, session_cp, usage_totals
+from collector_helpers import NOW, body_of, get, post, rec, session_cp, usage_totals
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,21 +29,6 @@ from livekit_metering.records import Resource, Status
 OTHER_KEY, OTHER_SECRET = "APIotherkey", "other-secret-other-secret-other-secret"
 KEYS = {TEST_KEY: (TEST_SECRET, "acme"), OTHER_KEY: (OTHER_SECRET, "globex")}
 LIMITS = Limits(max_body_bytes=256 * 1024, max_inflated_bytes=1024 * 1024, max_batch=200)
-
-
-@pytest.fixture(scope="module")
-def pg_database(pg_url: str) -> Iterator[str]:
-    with fresh_pg_database(pg_url) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/metering.db"
-    url: str = request.getfixturevalue("pg_database")
-    asyncio.run(reset_pg(url))
-    return url
 
 
 @pytest.fixture

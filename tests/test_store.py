@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from collector_helpers import (
     NOW,
     as_quantities,
     body_of,
-    fresh_pg_database,
     oracle,
     post,
     rec,
@@ -70,21 +68,6 @@ def test_agent_final_supersedes_a_webhook_close_and_earliest_webhook_close_wins(
 
 
 # -- stores --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_database(pg_url: str) -> Iterator[str]:
-    with fresh_pg_database(pg_url) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/metering.db"
-    url: str = request.getfixturevalue("pg_database")
-    asyncio.run(reset_pg(url))
-    return url
 
 
 async def test_store_outcomes_persist_across_reopen(database: str) -> None:

@@ -4,19 +4,17 @@ record from the agent itself all leave the totals where they belong."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from collector_helpers import NOW, body_of, fresh_pg_database, get, post, reset_pg, session_cp, usage_totals
+from collector_helpers import NOW, body_of, get, post, session_cp, usage_totals
 from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import agent as agent_pb
@@ -28,21 +26,6 @@ from livekit_metering.records import Status
 
 OTHER_KEY, OTHER_SECRET = "APIotherkey", "other-secret-other-secret-other-secret"
 KEYS = {TEST_KEY: (TEST_SECRET, "acme"), OTHER_KEY: (OTHER_SECRET, "globex")}
-
-
-@pytest.fixture(scope="module")
-def pg_database(pg_url: str) -> Iterator[str]:
-    with fresh_pg_database(pg_url) as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/metering.db"
-    url: str = request.getfixturevalue("pg_database")
-    asyncio.run(reset_pg(url))
-    return url
 
 
 @pytest.fixture
