@@ -9,25 +9,21 @@ FakeBatchSTT     non-streaming STT (recognize only), optionally failing
 FakeUtteranceSTT streaming STT that hears one utterance, then silence (for the voice pipeline)
 FakeTTS          streaming or chunked TTS producing silence proportional to the text
 FakeVAD          every frame is speech; flush() ends the utterance
-FakeAudioInput / FakeAudioOutput   real-time paced microphone and instant speaker
+(the fake microphone and speaker are livekit_metering.scripted.FakeAudioInput / FakeAudioOutput)
 MemoryExporter / RaisingExporter   a record sink that keeps everything, and one that always fails
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, llm, stt, tts, utils
 from livekit.agents import vad as _vad
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
-from livekit.agents.voice import io as _io
 
 __all__ = [
-    "FakeAudioInput",
-    "FakeAudioOutput",
     "FakeBatchSTT",
     "FakeLLM",
     "FakeSTT",
@@ -429,46 +425,6 @@ class _FakeVADStream(_vad.VADStream):
 
 
 # --------------------------------------------------------------------------------------- audio I/O
-class FakeAudioInput(_io.AudioInput):
-    """Real-time paced 20 ms frames of silence, forever (like a live microphone)."""
-
-    def __init__(self, *, sr: int = 16000) -> None:
-        super().__init__(label="fake-mic")
-        self._sr = sr
-        self.pushed = 0.0
-
-    async def __anext__(self) -> rtc.AudioFrame:
-        await asyncio.sleep(0.02)
-        n = self._sr // 50
-        self.pushed += 0.02
-        return rtc.AudioFrame(b"\x00\x00" * n, self._sr, 1, n)
-
-
-class FakeAudioOutput(_io.AudioOutput):
-    """Accepts frames instantly and reports the segment as fully played on flush()."""
-
-    def __init__(self) -> None:
-        super().__init__(label="fake-speaker", capabilities=_io.AudioOutputCapabilities(pause=False))
-        self.played = 0.0
-        self._seg = 0.0
-
-    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
-        await super().capture_frame(frame)
-        if self._seg == 0.0:
-            self.on_playback_started(created_at=time.time())
-        self._seg += frame.duration
-
-    def flush(self) -> None:
-        super().flush()
-        seg, self._seg = self._seg, 0.0
-        self.played += seg
-        asyncio.get_event_loop().call_soon(lambda: self.on_playback_finished(playback_position=seg, interrupted=False))
-
-    def clear_buffer(self) -> None:
-        seg, self._seg = self._seg, 0.0
-        asyncio.get_event_loop().call_soon(lambda: self.on_playback_finished(playback_position=seg, interrupted=True))
-
-
 # --------------------------------------------------------------------------------------- exporters
 class MemoryExporter:
     """Keeps every exported record, in order (checkpoints included)."""

@@ -6,13 +6,14 @@ import asyncio
 from typing import Any
 
 import pytest
-from fakes import FakeAudioInput, FakeAudioOutput, FakeLLM, FakeTTS, FakeUtteranceSTT, MemoryExporter, RaisingExporter
+from fakes import FakeLLM, FakeTTS, FakeUtteranceSTT, MemoryExporter, RaisingExporter
 from livekit.agents import Agent, AgentSession
 from livekit.agents.testing import fake_job_context
 
 from livekit_metering.adapters import MeteredLLM, MeteredSTT, MeteredTTS, meter_session_models, metered_models
 from livekit_metering.meter import Meter, use_meter
 from livekit_metering.records import Resource, Status
+from livekit_metering.scripted import FakeAudioInput, FakeAudioOutput
 
 TURN_HANDLING: dict[str, Any] = {
     "turn_detection": "stt",
@@ -33,10 +34,10 @@ async def _one_voice_turn(session: AgentSession) -> tuple[FakeAudioInput, FakeAu
         await session.start(Agent(instructions="You are a bank assistant."))
         for _ in range(150):  # bounded: at most 7.5 s
             await asyncio.sleep(0.05)
-            if speaker.played > 0 and states and states[-1] == "listening":
+            if speaker.seconds > 0 and states and states[-1] == "listening":
                 break
         await session.aclose()
-    assert speaker.played > 0, "the reply was never spoken"
+    assert speaker.seconds > 0, "the reply was never spoken"
     return mic, speaker
 
 
@@ -70,7 +71,7 @@ async def test_voice_pipeline_totals_equal_provider_usage_and_cover_session_usag
     # than session.usage, which misses the 2 s of silence AgentSession flushes at close
     (stt_record,) = [r for r in meter.records if r.resource is Resource.STT]
     assert stt_record.status is Status.OK and stt_record.id == "AJ_voice/stt-1/stt"
-    assert stt_record.meta["audio_ms"] == round(stt_.received * 1000) >= round(mic.pushed * 1000) + 2000
+    assert stt_record.meta["audio_ms"] == round(stt_.received * 1000) >= round(mic.seconds * 1000) + 2000
     assert stt_record.meta["provider_ms"] == round(stt_.reported * 1000) == stt_record.meta["audio_ms"]
     assert stt_record.raw >= stt_record.meta["audio_ms"]  # type: ignore[operator]
     assert stt_record.raw > round(usage["stt_usage"].audio_duration * 1000)
