@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, sign
+from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, free_port, sign, wait_healthy
 from livekit_metering.rates import get_policy
 from livekit_metering.records import Resource
 
@@ -107,25 +106,6 @@ def make_records(n: int, now: datetime) -> list[dict[str, Any]]:
             if len(out) == n:
                 return out
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_ready(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(600):
-            try:
-                async with http.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not start")
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -204,7 +184,7 @@ async def main() -> None:
     port = free_port()
     bare = start([sys.executable, "-c", BARE_SERVER, str(port), str(tmp / "bare.db")])
     try:
-        await wait_ready(f"http://127.0.0.1:{port}")
+        await wait_healthy(f"http://127.0.0.1:{port}")
         bare_rate = await send_all(f"http://127.0.0.1:{port}", ab, args.concurrency, ab_records)
     finally:
         bare.terminate()
@@ -218,7 +198,7 @@ async def main() -> None:
     serve = [sys.executable, "-c", "from livekit_metering.cli import main; main()", "serve", "--port", str(port)]
     collector = start([*serve, "--database", database, "--workers", str(args.workers)], env)
     try:
-        await wait_ready(url)
+        await wait_healthy(url)
         rate = await send_all(url, ab, args.concurrency, ab_records)
         rest = bodies[len(ab) :]
         if rest:

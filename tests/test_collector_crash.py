@@ -7,27 +7,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 from collector_helpers import body_of, get, post, rec
 
-from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET
+from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 15
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(db: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
@@ -39,20 +31,6 @@ def _start(db: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-async def _wait_ready(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the collector exited during start-up"
-        try:
-            async with http.get(f"{url}/healthz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("the collector did not start within 30 s")
 
 
 async def _stored_ids(http: aiohttp.ClientSession, url: str, sessions: list[str]) -> set[str]:
@@ -70,11 +48,11 @@ async def test_kill_9_right_after_an_ack_loses_nothing_acknowledged(tmp_path: Pa
     sessions: list[str] = []
     async with aiohttp.ClientSession() as http:
         for round_no in range(ROUNDS):
-            port = _free_port()
+            port = free_port()
             url = f"http://127.0.0.1:{port}"
             proc = _start(db, port)
             try:
-                await _wait_ready(http, url, proc)
+                await wait_healthy(url, alive=lambda p=proc: p.poll() is None)
                 sid = f"K{round_no}"
                 sessions.append(sid)
                 batches = [[rec(sid, f"llm-{b}-{i}", raw=i + 1) for i in range(200)] for b in range(4)]
@@ -94,11 +72,11 @@ async def test_kill_9_right_after_an_ack_loses_nothing_acknowledged(tmp_path: Pa
                 proc.kill()
                 proc.wait()
         assert acked, "no batch was ever acknowledged"
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = _start(db, port)
         try:
-            await _wait_ready(http, url, proc)
+            await wait_healthy(url, alive=lambda p=proc: p.poll() is None)
             stored = await _stored_ids(http, url, sessions)
         finally:
             proc.kill()
@@ -109,12 +87,12 @@ async def test_kill_9_right_after_an_ack_loses_nothing_acknowledged(tmp_path: Pa
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, workers: int) -> None:
     db = tmp_path / "metering.db"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
         proc = _start(db, port, workers)
         try:
-            await _wait_ready(http, url, proc)
+            await wait_healthy(url, alive=lambda p=proc: p.poll() is None)
             batches = [[rec("T", f"llm-{b}-{i}") for i in range(500)] for b in range(6)]
             # Each batch twice: with two workers, the copies race on the shared SQLite file.
             tasks = [asyncio.create_task(post(http, url, body_of(batch))) for batch in batches for _ in range(2)]
@@ -126,11 +104,11 @@ async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, workers: i
             proc.kill()
             proc.wait()
         acked = {r["id"] for a in answers if not isinstance(a, BaseException) and a[0] == 200 for r in a[1]["results"]}
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = _start(db, port)
         try:
-            await _wait_ready(http, url, proc)
+            await wait_healthy(url, alive=lambda p=proc: p.poll() is None)
             assert acked <= await _stored_ids(http, url, ["T"])
         finally:
             proc.kill()

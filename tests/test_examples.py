@@ -124,14 +124,13 @@ async def test_postgres_deployment_serves_agents_and_the_dashboard_link(
     """The deployment's command line and files, on a fresh PostgreSQL database: ingest, query, isolation."""
     import asyncio
     import os
-    import socket
     import subprocess
     import uuid
 
     import aiohttp
     import asyncpg
 
-    from livekit_metering.collector.testing import batch_body, sign, signed_headers
+    from livekit_metering.collector.testing import batch_body, free_port, sign, signed_headers, wait_healthy
 
     name = f"lkm_deploy_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(pg_url)
@@ -139,9 +138,7 @@ async def test_postgres_deployment_serves_agents_and_the_dashboard_link(
     database = pg_url.rsplit("/", 1)[0] + "/" + name
     keys = tmp_path / "keys.toml"
     keys.write_text((EXAMPLES / "collector_postgres" / "keys.toml.example").read_text())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "LIVEKIT_API_KEY": "APIdeploytest",
@@ -153,15 +150,7 @@ async def test_postgres_deployment_serves_agents_and_the_dashboard_link(
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(200):  # bounded wait for start-up and migrations
-                try:
-                    async with http.get(f"{url}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert proc.returncode is None, "the collector exited during start-up"
-                await asyncio.sleep(0.05)
+            await wait_healthy(url, alive=lambda: proc.returncode is None)
             now = datetime.now(timezone.utc).replace(microsecond=0)
             records = month_of_sessions(now - timedelta(days=30))
             body = batch_body(records)

@@ -13,7 +13,6 @@ import base64
 import gzip
 import hashlib
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -25,18 +24,12 @@ import pytest
 from aiohttp import web
 from livekit.api import TokenVerifier
 
+from livekit_metering.collector.testing import free_port
 from livekit_metering.export.client import sign_body
 from livekit_metering.records import MeterRecord
 
 API_KEY = "devkey"
 API_SECRET = "secret-for-tests-0123456789abcdef-32b"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

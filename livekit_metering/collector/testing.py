@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +19,7 @@ from .app import CollectorConfig, create_app
 from .auth import KeyRing
 from .config import Limits
 
-__all__ = ["TEST_KEY", "TEST_SECRET", "run_collector", "sign", "signed_headers"]
+__all__ = ["TEST_KEY", "TEST_SECRET", "free_port", "run_collector", "sign", "signed_headers", "wait_healthy"]
 
 TEST_KEY = "APItestkey"
 TEST_SECRET = "test-secret-test-secret-test-secret"
@@ -77,3 +79,33 @@ def batch_body(records: Iterable[Any]) -> bytes:
     """``{"records": [...]}`` for MeterRecords or their JSON forms."""
     items = [r if isinstance(r, dict) else r.to_json() for r in records]
     return json.dumps({"records": items}).encode()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, for a collector started in another process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_healthy(url: str, *, alive: Callable[[], bool] = lambda: True, timeout: float = 30.0) -> None:
+    """Wait until the collector at ``url`` answers /healthz (migrations done); ``alive`` says whether
+    its process still runs, so a collector that died during start-up fails at once."""
+    import asyncio
+
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError(f"the collector for {url} exited during start-up")
+            try:
+                async with http.get(f"{url}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"the collector at {url} did not start within {timeout:.0f} s")
