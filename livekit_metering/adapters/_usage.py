@@ -125,14 +125,6 @@ def never_raises(what: str) -> Iterator[None]:
         logger.exception("livekit-metering failed while %s", what)
 
 
-def safe_callback(fn: Callable[..., None], what: str) -> Callable[..., None]:
-    def _cb(*args: Any) -> None:
-        with never_raises(what):
-            fn(*args)
-
-    return _cb
-
-
 class Forwarder:
     """Re-emits chosen events of a wrapped model on its wrapper, unchanged (like FallbackAdapter).
 

@@ -29,7 +29,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from ...records import UNIT_SIZE, MeterRecord, Resource, Status, Unit
+from ...records import UNIT_SIZE, MeterRecord, Resource, Unit
 
 __all__ = [
     "GROUPS",
@@ -305,7 +305,3 @@ def open_store(url: str) -> Store:
 def sqlite_path(url: str) -> str:
     """The file of a SQLite URL, like SQLAlchemy: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``."""
     return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
-
-
-def status_is_checkpoint(record: MeterRecord) -> bool:
-    return record.status is Status.CHECKPOINT
