@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -141,8 +140,6 @@ def current_meter() -> Meter:
 
 
 def _job_meter() -> Meter | None:
-    if "livekit.agents" not in sys.modules:  # a plain script: do not import the framework for nothing
-        return None
     from livekit.agents import get_job_context
 
     from .session import meter_for
