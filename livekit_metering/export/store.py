@@ -13,7 +13,8 @@ and only its connection shrinks a grown WAL file. Under sustained writes a PASSI
 fully catches up, so the WAL restarts from its start only when the writers pause and grows meanwhile
 (~100 MB for 20,000 records written flat out); disk blocks are reserved ahead of it (fallocate,
 64 MB past its end) because on ext4 a write that allocates blocks waits for a concurrent fsync of the
-same file. Durability is unchanged: every checkpoint still fsyncs the WAL and the database. In-process, writes wait on a Python lock rather than
+same file. Durability is unchanged: every checkpoint still fsyncs the WAL and the database, and a
+restart of the WAL still fsyncs its header. In-process, writes wait on a Python lock rather than
 SQLite's busy handler, and the sender deletes in small transactions, so the writer's waits stay short.
 
 Several processes of one host may share the file (livekit-agents runs each job in its own process);
