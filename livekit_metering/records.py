@@ -210,10 +210,12 @@ class MeterRecord(BaseModel):
     # and each Python-level validator costs more than all of pydantic's own checks together.
     @model_validator(mode="after")
     def _check_consistency(self) -> MeterRecord:
-        for name in ("start", "end"):
-            value: datetime = getattr(self, name)
-            if value.utcoffset() or value.microsecond % 1000:
-                object.__setattr__(self, name, _utc_ms(value))
+        start, end = self.start, self.end
+        # Wire times are UTC to the millisecond already; only other times are normalised.
+        if start.utcoffset() or end.utcoffset() or start.microsecond % 1000 or end.microsecond % 1000:
+            start, end = _utc_ms(start), _utc_ms(end)
+            object.__setattr__(self, "start", start)
+            object.__setattr__(self, "end", end)
         base = RESOURCE_BASE_UNIT[self.resource]
         if UNIT_BASE[self.unit] is not base:
             fitting = ", ".join(u.value for u, b in UNIT_BASE.items() if b is base)
@@ -221,8 +223,8 @@ class MeterRecord(BaseModel):
                 f"unit {self.unit.value!r} does not fit resource {self.resource.value!r} "
                 f"(measured in {base.value}); use one of: {fitting}"
             )
-        if self.end < self.start:
-            raise ValueError(f"end ({rfc3339(self.end)}) is before start ({rfc3339(self.start)})")
+        if end < start:
+            raise ValueError(f"end ({rfc3339(end)}) is before start ({rfc3339(start)})")
         return self
 
     # -- JSON form -------------------------------------------------------------------------------
