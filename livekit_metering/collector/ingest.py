@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
 from ..rates import UnknownPolicy, get_policy, policies
 from ..records import InvalidRecord, MeterRecord
 from .config import Limits
-from .store.base import Outcome, Stored
+from .store.base import Stored, epoch_ms
 
 __all__ = ["BadRequest", "Checked", "check_batch", "inflate"]
 
@@ -31,15 +30,10 @@ class BadRequest(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Checked:
+class Checked(NamedTuple):
     id: str
     item: Stored | None  # None: rejected
     reason: str = ""
-
-    @property
-    def outcome(self) -> Outcome | None:
-        return Outcome.REJECTED if self.item is None else None
 
 
 _POLICIES = policies()
@@ -71,7 +65,7 @@ def inflate(body: bytes, encoding: str | None, limits: Limits) -> bytes:
 def check_batch(data: bytes, limits: Limits, now: datetime | None = None) -> list[Checked]:
     """Validate every record of a ``{"records": [...]}`` body; raise BadRequest for the whole request."""
     now = now or datetime.now(timezone.utc)
-    window = (now - limits.max_past, now + limits.max_future, limits)
+    window = (epoch_ms(now - limits.max_past), epoch_ms(now + limits.max_future), limits)
     try:
         # Fast path: one pass in pydantic's Rust core when the whole batch is well formed.
         records: list[Any] = _Batch.model_validate_json(data).records
@@ -82,19 +76,20 @@ def check_batch(data: bytes, limits: Limits, now: datetime | None = None) -> lis
     if len(records) > limits.max_batch:
         raise BadRequest(413, f"the batch has {len(records)} records; the limit is {limits.max_batch}, split it")
     out: list[Checked] = []
-    for item in records:
+    for entry in records:
         if parsed:
-            record = item
+            record = entry
         else:
-            rid = item.get("id") if isinstance(item, dict) else None
+            rid = entry.get("id") if isinstance(entry, dict) else None
             rid = rid if isinstance(rid, str) else ""
             try:
-                record = MeterRecord.from_json(item)
+                record = MeterRecord.from_json(entry)
             except InvalidRecord as exc:
                 out.append(Checked(rid, None, str(exc)))
                 continue
-        reason = _check(record, *window)
-        out.append(Checked(record.id, None, reason) if reason else Checked(record.id, Stored(record)))
+        item = Stored(record)
+        reason = _check(item, *window)
+        out.append(Checked(record.id, None, reason) if reason else Checked(record.id, item))
     return out
 
 
@@ -111,7 +106,8 @@ def _loose(data: bytes) -> list[Any]:
     return records
 
 
-def _check(record: MeterRecord, earliest: datetime, latest: datetime, limits: Limits) -> str:
+def _check(item: Stored, earliest_ms: int, latest_ms: int, limits: Limits) -> str:
+    record = item.record
     try:
         policy = _POLICIES.get(record.policy) or get_policy(record.policy)
     except UnknownPolicy as exc:
@@ -122,8 +118,8 @@ def _check(record: MeterRecord, earliest: datetime, latest: datetime, limits: Li
         why = f"policy {policy.id!r} has no rule for {record.resource.value}"
     if why:
         return why
-    if record.start < earliest:
+    if item.start_ms < earliest_ms:
         return f"start {record.start.isoformat()} is more than {limits.max_past.days} days in the past"
-    if record.end > latest:
+    if item.end_ms > latest_ms:
         return f"end {record.end.isoformat()} is more than {int(limits.max_future.total_seconds())} s in the future"
     return ""

@@ -51,13 +51,13 @@ def _json(value: dict[str, Any]) -> str:
 
 
 def record_row(project: str, item: Stored) -> tuple[Any, ...]:
-    r = item.record
+    r = item.record  # enums by ``_value_``, the plain attribute behind the slower ``.value`` descriptor
     return (
         project,
         r.id,
         r.session_id,
-        r.resource.value,
-        r.unit.value,
+        r.resource._value_,
+        r.unit._value_,
         r.model,
         r.provider,
         r.agent_name,
@@ -68,7 +68,7 @@ def record_row(project: str, item: Stored) -> tuple[Any, ...]:
         r.language,
         r.policy,
         format(r.quantity, "f"),
-        r.status.value,
+        r.status._value_,
         item.start_ms,
         item.end_ms,
         item.day,
