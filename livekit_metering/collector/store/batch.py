@@ -11,7 +11,7 @@ from typing import Any
 from ...records import Resource
 from .base import Outcome, Stored, fold, rollup_keys, session_fields
 
-__all__ = ["BatchPlan", "plan_batch"]
+__all__ = ["BatchPlan", "Deltas", "plan_batch"]
 
 RollupKey = tuple[str, str, str, str, str, str, str, str]
 
@@ -52,6 +52,22 @@ class SessionDelta:
             self.agent_billable = fields["agent_billable"]
             self.agent_unit = fields["agent_unit"]
 
+    def merge(self, later: SessionDelta) -> None:
+        """Fold in the delta of a later batch, as if the two had been upserted one after the other."""
+        self.room = self.room or later.room
+        self.room_sid = self.room_sid or later.room_sid
+        self.agent_name = self.agent_name or later.agent_name
+        self.customer = self.customer or later.customer
+        self.start_ms = min(self.start_ms, later.start_ms)
+        self.end_ms = max(self.end_ms, later.end_ms)
+        self.records += later.records
+        if later.has_agent:
+            self.has_agent = True
+            self.closed = later.closed
+            self.end_cause = later.end_cause
+            self.agent_billable = later.agent_billable
+            self.agent_unit = later.agent_unit
+
     def row(self, project: str) -> tuple[Any, ...]:
         return (
             project,
@@ -72,27 +88,14 @@ class SessionDelta:
 
 
 @dataclass
-class BatchPlan:
-    outcomes: list[Outcome]
-    inserts: list[Stored] = field(default_factory=list)
-    updates: list[Stored] = field(default_factory=list)
+class Deltas:
+    """What a batch adds to the roll-ups and the sessions. Deltas of several batches of one project
+    merge into one set of upserts: the roll-up rows of consecutive batches mostly share keys."""
+
     rollups: dict[RollupKey, list[int]] = field(default_factory=dict)  # key -> [billable, raw, records]
     sessions: dict[str, SessionDelta] = field(default_factory=dict)
 
-    def _apply(self, before: Stored | None, after: Stored) -> None:
-        if before is None:
-            self.inserts.append(after)
-        else:
-            self.updates.append(after)
-            self._roll(before, -1)
-        self._roll(after, +1)
-        sid = after.record.session_id
-        delta = self.sessions.get(sid)
-        if delta is None:
-            delta = self.sessions[sid] = SessionDelta(session_id=sid)
-        delta.add(after, new_id=before is None)
-
-    def _roll(self, item: Stored, sign: int) -> None:
+    def roll(self, item: Stored, sign: int) -> None:
         billable, raw = sign * item.billable, sign * item.record.raw
         rollups = self.rollups
         for key in rollup_keys(item):
@@ -104,12 +107,51 @@ class BatchPlan:
                 acc[1] += raw
                 acc[2] += sign
 
+    def merge(self, later: Deltas) -> None:
+        rollups = self.rollups
+        for key, (billable, raw, records) in later.rollups.items():
+            acc = rollups.get(key)
+            if acc is None:
+                rollups[key] = [billable, raw, records]
+            else:
+                acc[0] += billable
+                acc[1] += raw
+                acc[2] += records
+        for sid, delta in later.sessions.items():
+            mine = self.sessions.get(sid)
+            if mine is None:
+                self.sessions[sid] = delta
+            else:
+                mine.merge(delta)
+
     def rollup_rows(self, project: str) -> list[tuple[Any, ...]]:
         # Sorted, so concurrent transactions on PostgreSQL take row locks in the same order.
         return [(project, *key, *acc) for key, acc in sorted(self.rollups.items()) if any(acc)]
 
     def session_rows(self, project: str) -> list[tuple[Any, ...]]:
         return [self.sessions[sid].row(project) for sid in sorted(self.sessions)]
+
+
+@dataclass
+class BatchPlan:
+    outcomes: list[Outcome]
+    inserts: list[Stored] = field(default_factory=list)
+    updates: list[Stored] = field(default_factory=list)
+    deltas: Deltas = field(default_factory=Deltas)
+
+    def _apply(self, before: Stored | None, after: Stored) -> None:
+        deltas = self.deltas
+        if before is None:
+            self.inserts.append(after)
+        else:
+            self.updates.append(after)
+            deltas.roll(before, -1)
+        deltas.roll(after, +1)
+        sid = after.record.session_id
+        delta = deltas.sessions.get(sid)
+        if delta is None:
+            delta = deltas.sessions[sid] = SessionDelta(session_id=sid)
+        delta.add(after, new_id=before is None)
 
 
 def plan_batch(items: Sequence[Stored], existing: Mapping[str, Stored]) -> BatchPlan:

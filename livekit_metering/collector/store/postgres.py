@@ -164,10 +164,10 @@ class PostgresStore(Store):
                 raise _Raced()
         if plan.updates:
             await conn.executemany(_UPDATE, [record_row(project, item) for item in plan.updates])
-        if plan.rollups:
-            await conn.executemany(_ROLLUP, plan.rollup_rows(project))
-        if plan.sessions:
-            await conn.executemany(_SESSION, plan.session_rows(project))
+        if plan.deltas.rollups:
+            await conn.executemany(_ROLLUP, plan.deltas.rollup_rows(project))
+        if plan.deltas.sessions:
+            await conn.executemany(_SESSION, plan.deltas.session_rows(project))
         return plan.outcomes
 
     async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:

@@ -10,17 +10,19 @@ so two processes sharing one file cannot both insert an id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from ...records import MeterRecord
 from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, epoch_ms
-from .batch import BatchPlan, plan_batch
+from .batch import BatchPlan, Deltas, plan_batch
 from .queries_sql import session_query, session_row, usage_query, usage_row
 from .rows import NAMES, READ_COLUMNS, record_row, stored_from_row
 
@@ -94,6 +96,30 @@ INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE 
 """
 
 
+class _Prepared(NamedTuple):
+    """A batch planned against what a connection sees: the plan, and the rows of an all-new batch."""
+
+    plan: BatchPlan
+    all_new: bool
+    rows: list[tuple[Any, ...]]
+
+    @staticmethod
+    def of(db: sqlite3.Connection, project: str, items: Sequence[Stored]) -> _Prepared:
+        ids = list({item.record.id for item in items})
+        existing: dict[str, Stored] = {}
+        for chunk in range(0, len(ids), 900):
+            part = ids[chunk : chunk + 900]
+            marks = ",".join("?" * len(part))
+            for row in db.execute(
+                f"SELECT {READ_COLUMNS} FROM records WHERE project = ? AND id IN ({marks})", (project, *part)
+            ):
+                existing[row[0]] = stored_from_row(row)
+        plan = plan_batch(items, existing)
+        if existing or plan.updates:
+            return _Prepared(plan, False, [])
+        return _Prepared(plan, True, [record_row(project, item) for item in plan.inserts])
+
+
 class SqliteStore(Store):
     """Writes run on the event loop except the two calls that may wait (taking the write lock and the
     fsync of COMMIT), which run in a thread. Keeping the Python work of a batch on one thread avoids
@@ -109,24 +135,67 @@ class SqliteStore(Store):
         self._reads: ThreadPoolExecutor | None = None
         self._waits: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
-        self._pending: list[tuple[str, Sequence[Stored], asyncio.Future[list[Outcome]]]] = []
+        self._pending: list[tuple[str, Sequence[Stored], _Prepared | None, asyncio.Future[list[Outcome]]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._lock_file: BinaryIO | None = None
+        self._planner: sqlite3.Connection | None = None  # reads on the event loop, outside transactions
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._reads is None:
             raise RuntimeError("the store is not open; use `async with store:` or await store.open()")
         return await asyncio.get_running_loop().run_in_executor(self._reads, fn, *args)
 
-    async def _wait(self, sql: str) -> None:
-        """Run a statement that may block (lock wait, fsync) in a thread; finish it even if cancelled."""
-        if self._waits is None or self._writer is None:
+    async def _wait(self, fn: Callable[[], object]) -> None:
+        """Run a call that may block (lock wait, fsync) in a thread; finish it even if cancelled."""
+        if self._waits is None:
             raise RuntimeError("the store is not open")
-        future = asyncio.get_running_loop().run_in_executor(self._waits, self._writer.execute, sql)
+        future = asyncio.get_running_loop().run_in_executor(self._waits, fn)
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
             await future  # the statement is running; never touch the connection under it
             raise
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[sqlite3.Connection]:
+        """One write transaction, committed (fsynced) on exit, rolled back on an exception.
+
+        Collector processes sharing the file (``serve --workers``) queue on a file lock rather than
+        in SQLite's busy handler, which sleeps 1 to 100 ms between tries: the next writer starts as
+        soon as the last one commits."""
+        db = self._writer
+        if db is None:
+            raise RuntimeError("the store is closed")
+        lock = self._lock_file
+
+        def begin() -> None:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                if lock is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                raise
+
+        try:
+            await self._wait(begin)
+        except BaseException:  # cancelled: the wait still ran begin() to its end
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+                if lock is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+            raise
+        try:
+            yield db
+            await self._wait(lambda: db.execute("COMMIT"))
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -149,16 +218,14 @@ class SqliteStore(Store):
         self._waits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metering-sqlite-commit")
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._lock_file = await self._run(open, self.path + "-writer.lock", "a+b")  # held until close
         self._writer = await self._run(self._connect)
-        await self._wait("BEGIN IMMEDIATE")
-        try:
-            self._migrate(self._writer)
-            await self._wait("COMMIT")
-        except BaseException:
-            self._writer.execute("ROLLBACK")
-            raise
+        async with self._transaction() as db:
+            self._migrate(db)
         # An in-memory database is private to its connection: read through the writer then.
         self._reader = self._writer if self.path == ":memory:" else await self._run(self._connect)
+        # An in-memory database has one connection, which the commit thread may be using: plan under the lock.
+        self._planner = None if self.path == ":memory:" else await self._run(self._connect)
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -175,13 +242,16 @@ class SqliteStore(Store):
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)  # write what was handed over
         async with self._write_lock:
-            for conn in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
+            for conn in {id(c): c for c in (self._reader, self._writer, self._planner) if c is not None}.values():
                 await self._run(conn.close)
-            self._reader = self._writer = None
+            self._reader = self._writer = self._planner = None
             for pool in (self._reads, self._waits):
                 if pool is not None:
                     pool.shutdown(wait=True)
             self._reads = self._waits = None
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -192,8 +262,11 @@ class SqliteStore(Store):
             return []
         if self._writer is None:
             raise RuntimeError("the store is closed")
+        # Plan before taking the write lock, against the last commit: the work under the lock (which
+        # collector processes sharing the file take in turn) is then mostly SQLite's own.
+        prepared = None if self._planner is None else _Prepared.of(self._planner, project, items)
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        self._pending.append((project, items, future))
+        self._pending.append((project, items, prepared, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await asyncio.shield(future)  # a cancelled request does not cancel the shared commit
@@ -208,22 +281,27 @@ class SqliteStore(Store):
                         future.set_exception(RuntimeError("the store is closed"))
                     return
                 done: list[tuple[asyncio.Future[list[Outcome]], list[Outcome]]] = []
+                deltas: dict[str, Deltas] = {}  # by project: one set of roll-up and session upserts
                 try:
-                    await self._wait("BEGIN IMMEDIATE")
-                    for project, items, future in group:
-                        db.execute("SAVEPOINT batch")
-                        try:
-                            outcomes = self._write(db, project, items).outcomes
-                        except Exception as exc:  # only this batch fails; the others still commit
-                            db.execute("ROLLBACK TO batch")
-                            future.set_exception(exc)
-                        else:
-                            done.append((future, outcomes))
-                        db.execute("RELEASE batch")
-                    await self._wait("COMMIT")  # durable (fsynced) before anyone is told "accepted"
+                    async with self._transaction():  # durable (fsynced) before anyone is told "accepted"
+                        for project, items, prepared, future in group:
+                            db.execute("SAVEPOINT batch")
+                            try:
+                                plan = self._write(db, project, items, prepared)
+                            except Exception as exc:  # only this batch fails; the others still commit
+                                db.execute("ROLLBACK TO batch")
+                                future.set_exception(exc)
+                            else:
+                                done.append((future, plan.outcomes))
+                                if project in deltas:
+                                    deltas[project].merge(plan.deltas)
+                                else:
+                                    deltas[project] = plan.deltas
+                            db.execute("RELEASE batch")
+                        for project, merged in deltas.items():
+                            db.executemany(_ROLLUP, merged.rollup_rows(project))
+                            db.executemany(_SESSION_UPSERT, merged.session_rows(project))
                 except BaseException as exc:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
                     for future, _ in done:
                         future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("interrupted"))
                     if not isinstance(exc, Exception):
@@ -234,42 +312,36 @@ class SqliteStore(Store):
                     future.set_result(outcomes)
 
     @staticmethod
-    def _write(db: sqlite3.Connection, project: str, items: Sequence[Stored]) -> BatchPlan:
-        ids = list({item.record.id for item in items})
-        existing: dict[str, Stored] = {}
-        for chunk in range(0, len(ids), 900):
-            part = ids[chunk : chunk + 900]
-            marks = ",".join("?" * len(part))
-            for row in db.execute(
-                f"SELECT {READ_COLUMNS} FROM records WHERE project = ? AND id IN ({marks})", (project, *part)
-            ):
-                existing[row[0]] = stored_from_row(row)
-        plan = plan_batch(items, existing)
-        if plan.inserts:
-            db.executemany(_INSERT, [record_row(project, item) for item in plan.inserts])
-        if plan.updates:
-            db.executemany(_UPDATE, [record_row(project, item) for item in plan.updates])
-        if plan.rollups:
-            db.executemany(_ROLLUP, plan.rollup_rows(project))
-        if plan.sessions:
-            db.executemany(_SESSION_UPSERT, plan.session_rows(project))
-        return plan
+    def _write(db: sqlite3.Connection, project: str, items: Sequence[Stored], prepared: _Prepared | None) -> BatchPlan:
+        """Write one batch inside the open transaction. A plan prepared outside it holds when every id
+        was new then and is still new now (the insert would fail otherwise); else plan again here."""
+        if prepared is not None and prepared.all_new:
+            db.execute("SAVEPOINT prepared")
+            try:
+                db.executemany(_INSERT, prepared.rows)
+            except sqlite3.IntegrityError:  # an id arrived meanwhile (another batch or process)
+                db.execute("ROLLBACK TO prepared")
+            else:
+                return prepared.plan
+            finally:
+                db.execute("RELEASE prepared")
+        plan = _Prepared.of(db, project, items).plan
+        inserts, updates = plan.inserts, plan.updates
+        if inserts:
+            db.executemany(_INSERT, [record_row(project, item) for item in inserts])
+        if updates:
+            db.executemany(_UPDATE, [record_row(project, item) for item in updates])
+        return plan  # its roll-up and session deltas are written once for the whole group
 
     async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
         async with self._write_lock:
             if self._writer is None:
                 raise RuntimeError("the store is closed")
-            await self._wait("BEGIN IMMEDIATE")
-            try:
-                cur = self._writer.execute(
+            async with self._transaction() as db:
+                cur = db.execute(
                     "INSERT INTO webhooks VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                     (project, event_id, event, int(time.time() * 1000)),
                 )
-                await self._wait("COMMIT")
-            except BaseException:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise
             return cur.rowcount == 1
 
     # -- reads -----------------------------------------------------------------------------------
