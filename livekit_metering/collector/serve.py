@@ -82,31 +82,37 @@ def _tune_gc() -> None:
 
 
 def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8790, workers: int = 1) -> None:
-    """Serve until SIGINT/SIGTERM. ``workers`` > 1 forks that many processes sharing one listening
-    socket (the kernel spreads connections), so validation runs on several cores; they share the
-    store (SQLite serialises their commits, PostgreSQL row-locks them). /metrics then shows the
-    counters of the worker that answered."""
+    """Serve until SIGINT/SIGTERM. ``workers`` > 1 forks that many processes, each with its own
+    SO_REUSEPORT socket on the port, so the kernel spreads connections across them (on one shared
+    socket, one process tends to accept them all) and validation runs on several cores. They share
+    the store (SQLite queues their commits on a file lock, PostgreSQL row-locks them). /metrics then
+    shows the counters of the worker that answered."""
     configure_logging()
     _tune_gc()
     log.info("listening", extra={"host": host, "port": port, "workers": workers})
     if workers <= 1:
         web.run_app(create_app(config), host=host, port=port, shutdown_timeout=30, print=None, access_log=None)
         return
-    sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
-    sock.set_inheritable(True)
+    # One listening socket per worker, all bound before any worker starts, so the kernel spreads
+    # connections over every worker from the first one (a late starter would get none of them).
+    socks = [socket.create_server((host, port), reuse_port=True, backlog=1024) for _ in range(workers)]
     children: list[int] = []
-    for _ in range(workers):
+    for mine in socks:
         pid = os.fork()
-        if pid == 0:  # a worker: serve on the shared socket; run_app handles SIGTERM gracefully
+        if pid == 0:  # a worker: serves its own socket; run_app handles SIGTERM gracefully
             code = 0
             try:
-                web.run_app(create_app(config), sock=sock, shutdown_timeout=30, print=None, access_log=None)
+                for other in socks:
+                    if other is not mine:
+                        other.close()
+                web.run_app(create_app(config), sock=mine, shutdown_timeout=30, print=None, access_log=None)
             except BaseException:
                 log.exception("worker failed")
                 code = 1
             os._exit(code)
         children.append(pid)
-    sock.close()
+    for sock in socks:
+        sock.close()
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
