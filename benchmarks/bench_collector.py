@@ -1,6 +1,6 @@
 """Collector benchmark: ingest throughput over HTTP on loopback, month-to-date query time, memory.
 
-    .venv/bin/python benchmarks/bench_collector.py                 # 1M records (about a minute)
+    .venv/bin/python benchmarks/bench_collector.py                 # 1M records (about two minutes)
     .venv/bin/python benchmarks/bench_collector.py --records 200000  # quicker
     .venv/bin/python benchmarks/bench_collector.py --database postgresql://postgres@127.0.0.1:54329/bench
 
@@ -11,8 +11,11 @@ Both servers run as subprocesses on 127.0.0.1 with durable commits (SQLite WAL, 
 * a bare aiohttp handler that only parses the JSON and inserts (id, body) rows into SQLite.
 
 The client sends pre-built batches of 500 records (time-ordered ids, like LiveKit job ids) over
-several connections, each request signed. Then it times the month-to-date usage query and the
-invoice preview at the full record count, and reads the collector's peak RSS (VmHWM).
+8 connections (as from 8 agent hosts), each request signed. The collector runs with 1 and then 2
+worker processes (``serve --workers``), each on a fresh store; the kernel spreads connections
+over the workers, so with few connections one worker can get most of them. The last collector
+then loads the rest, and the benchmark times the month-to-date usage query and the invoice preview
+at the full record count and reads the collector's peak RSS (VmHWM).
 """
 
 from __future__ import annotations
@@ -167,10 +170,15 @@ async def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--throughput-records", type=int, default=200_000, help="records for the A/B throughput run")
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--database", default="", help="collector store URL (default: a fresh SQLite file)")
-    parser.add_argument("--workers", type=int, default=1, help="collector processes (serve --workers)")
+    parser.add_argument("--concurrency", type=int, default=8, help="client connections (agent hosts)")
+    parser.add_argument("--database", default="", help="collector store URL (default: a fresh SQLite file per run)")
+    parser.add_argument(
+        "--workers", default="1,2", help="collector process counts to compare (serve --workers); the last loads all"
+    )
     args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    if args.database and len(worker_counts) > 1:
+        parser.error("--database is one store: give one --workers count with it (a second run sees duplicates)")
 
     now = datetime.now(timezone.utc)
     tmp = Path(tempfile.mkdtemp(prefix="bench-collector-"))
@@ -190,41 +198,50 @@ async def main() -> None:
         bare.terminate()
         bare.wait()
 
-    # 2. the collector
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    # 2. the collector, with each worker count on a fresh store; the last one also loads everything
     env = {**os.environ, "LIVEKIT_API_KEY": TEST_KEY, "LIVEKIT_API_SECRET": TEST_SECRET}
-    database = args.database or f"sqlite:///{tmp / 'collector.db'}"
-    serve = [sys.executable, "-c", "from livekit_metering.cli import main; main()", "serve", "--port", str(port)]
-    collector = start([*serve, "--database", database, "--workers", str(args.workers)], env)
-    try:
-        await wait_healthy(url)
-        rate = await send_all(url, ab, args.concurrency, ab_records)
-        rest = bodies[len(ab) :]
-        if rest:
-            print(f"loading the remaining {len(records) - ab_records:,} records ...", flush=True)
-            await send_all(url, rest, args.concurrency, len(records) - ab_records)
-        rss = max([peak_rss_mb(pid) for pid in worker_pids(collector.pid)] or [peak_rss_mb(collector.pid)])
-        since = now.replace(day=1).date().isoformat()
-        mtd_ms, mtd = await timed_get(url, f"/v1/usage?group_by=resource&since={since}", 21)
-        model_ms, _ = await timed_get(url, f"/v1/usage?group_by=model&since={since}", 21)
-        inv_ms, _ = await timed_get(url, f"/v1/invoice?month={now:%Y-%m}&plan=ship", 21)
-        sess_ms, _ = await timed_get(url, "/v1/sessions?limit=100", 11)
-    finally:
-        collector.terminate()
-        collector.wait()
+    rates: dict[int, float] = {}
+    for n, workers in enumerate(worker_counts):
+        last = n == len(worker_counts) - 1
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        database = args.database or f"sqlite:///{tmp / f'collector-{workers}.db'}"
+        serve = [sys.executable, "-c", "from livekit_metering.cli import main; main()", "serve", "--port", str(port)]
+        collector = start([*serve, "--database", database, "--workers", str(workers)], env)
+        try:
+            await wait_healthy(url)
+            rates[workers] = await send_all(url, ab, args.concurrency, ab_records)
+            if not last:
+                continue
+            rest = bodies[len(ab) :]
+            if rest:
+                print(f"loading the remaining {len(records) - ab_records:,} records ...", flush=True)
+                await send_all(url, rest, args.concurrency, len(records) - ab_records)
+            rss = max(peak_rss_mb(pid) for pid in worker_pids(collector.pid))
+            since = now.replace(day=1).date().isoformat()
+            mtd_ms, mtd = await timed_get(url, f"/v1/usage?group_by=resource&since={since}", 21)
+            model_ms, _ = await timed_get(url, f"/v1/usage?group_by=model&since={since}", 21)
+            inv_ms, _ = await timed_get(url, f"/v1/invoice?month={now:%Y-%m}&plan=ship", 21)
+            sess_ms, _ = await timed_get(url, "/v1/sessions?limit=100", 11)
+        finally:
+            collector.terminate()
+            collector.wait()
 
     print()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; store: {database.split('://')[0]}")
     print(f"ingest, batches of {args.batch}, {args.concurrency} connections, {ab_records:,} records, durable commits:")
     print(f"  bare aiohttp + json + SQLite insert: {bare_rate:10,.0f} records/s")
-    print(f"  collector, {args.workers} worker(s) (verify, validate, dedupe, roll-ups): {rate:10,.0f} records/s")
-    print(f"month-to-date at {len(records):,} records (median of 21 HTTP requests):")
+    for workers, rate in rates.items():
+        print(
+            f"  collector, {workers} worker(s) (verify, validate, dedupe, roll-ups): {rate:10,.0f} records/s"
+            f"  ({rate / bare_rate:.2f} x bare)"
+        )
+    print(f"month-to-date at {len(records):,} records (median of 21 HTTP requests), {worker_counts[-1]} worker(s):")
     print(f"  /v1/usage?group_by=resource  {mtd_ms:7.1f} ms   total ${mtd['total']}")
     print(f"  /v1/usage?group_by=model     {model_ms:7.1f} ms")
     print(f"  /v1/invoice (ship)           {inv_ms:7.1f} ms")
     print(f"  /v1/sessions?limit=100       {sess_ms:7.1f} ms")
-    print(f"collector peak RSS while ingesting: {rss:.0f} MB (per process; {args.workers} worker(s))")
+    print(f"collector peak RSS while ingesting: {rss:.0f} MB (the largest process of {worker_counts[-1]})")
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def rfc3339(value: datetime) -> str:
 Quantity = Annotated[
     Decimal,
     BeforeValidator(_no_float),
-    Field(ge=0, allow_inf_nan=False),
+    Field(ge=0),  # pydantic-core refuses NaN and infinities for Decimal (allow_inf_nan=False re-checks in Python)
     PlainSerializer(lambda d: format(d, "f"), return_type=str),
 ]
 UtcTime = Annotated[AwareDatetime, PlainSerializer(rfc3339, return_type=str)]
