@@ -309,7 +309,7 @@ async def test_openapi_health_metrics_and_dashboard(collector: str, http: aiohtt
         spec = await resp.json()
     assert {"/v1/records", "/v1/sessions", "/v1/usage", "/v1/invoice", "/v1/livekit/webhook"} <= set(spec["paths"])
     async with http.get(f"{collector}/healthz") as resp:
-        assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+        assert (resp.status, await resp.json()) == (200, {"status": "ok", "pid": os.getpid()})  # in-process app
     body = body_of([rec("M", "llm-1"), rec("M", "llm-1"), {"id": "junk"}])
     await post(http, collector, body)
     async with http.get(f"{collector}/metrics") as resp:

@@ -113,3 +113,32 @@ async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, workers: i
         finally:
             proc.kill()
             proc.wait()
+
+
+async def test_two_workers_both_take_connections_and_store_each_id_once(tmp_path: Path) -> None:
+    """serve --workers 2: the kernel spreads new connections over both processes, and batches sent
+    twice at once through different workers are stored once (the workers share the SQLite file)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(tmp_path / "metering.db", port, workers=2)
+    try:
+        await wait_healthy(url, alive=lambda: proc.poll() is None)
+        listing = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        children = {int(p) for p in (await asyncio.to_thread(listing.read_text)).split()}
+        pids = set()
+        for _ in range(32):  # a new connection each time; all 32 on one worker: odds of 1 in 2^31
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+                async with http.get(f"{url}/healthz") as resp:
+                    pids.add((await resp.json())["pid"])
+        assert pids == children and len(children) == 2
+
+        batches = [[rec("W", f"llm-{b}-{i}", raw=i + 1) for i in range(300)] for b in range(8)]
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            answers = await asyncio.gather(*(post(http, url, body_of(batch)) for batch in batches for _ in range(2)))
+            statuses = [r["status"] for status, doc in answers for r in doc["results"] if status == 200]
+            assert len(statuses) == 2 * 8 * 300
+            assert (statuses.count("accepted"), statuses.count("duplicate")) == (8 * 300, 8 * 300)
+            assert len(await _stored_ids(http, url, ["W"])) == 8 * 300
+    finally:
+        proc.kill()
+        proc.wait()

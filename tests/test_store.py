@@ -89,6 +89,27 @@ async def test_store_outcomes_persist_across_reopen(database: str) -> None:
         assert sorted(r.raw for r in records) == [7, 100]
 
 
+async def test_batches_racing_into_one_commit_store_each_id_once(database: str) -> None:
+    """Batches in flight together (on SQLite planned before their shared transaction, on PostgreSQL
+    in concurrent ones): ids in two of them, and a checkpoint racing its final form, end up once."""
+    first = [rec("R", f"llm-{i}", raw=i + 1) for i in range(50)] + [session_cp("R", 61_000)]
+    second = [rec("R", f"llm-{i}", raw=i + 1) for i in range(25, 75)]
+    second.append(session_cp("R", 130_000, status=Status.OK, meta={"end_cause": "shutdown"}))
+    async with open_store(database) as store:
+        a, b = await asyncio.gather(
+            store.ingest("p", [Stored(r) for r in first]), store.ingest("p", [Stored(r) for r in second])
+        )
+        answered = [*zip(first, a, strict=True), *zip(second, b, strict=True)]
+        llm = [o for r, o in answered if r.resource is Resource.LLM_INPUT]
+        assert (llm.count(Outcome.ACCEPTED), llm.count(Outcome.DUPLICATE)) == (75, 25)
+        assert b[-1] is Outcome.ACCEPTED  # the final form, whichever batch went first
+        assert await store.count("p") == 76
+        rows = await store.usage("p", NOW.date(), NOW.date() + timedelta(days=1), "resource")
+        assert {r.key: r.billable for r in rows} == oracle(first + second)
+        [session] = await store.sessions("p", SessionFilter())
+        assert (session.closed, session.end_cause, session.records) == (True, "shutdown", 76)
+
+
 async def test_rollups_follow_checkpoint_replacement_exactly(database: str) -> None:
     async with open_store(database) as store:
         await store.ingest("p", [Stored(session_cp("S", 61_000))])  # 2 minutes so far

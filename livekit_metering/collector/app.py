@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ async def get_healthz(request: web.Request) -> web.Response:
         await collector.store.count("__healthz__")
     except Exception as exc:
         return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "pid": os.getpid()})  # the pid tells `serve --workers` apart
 
 
 async def get_metrics(request: web.Request) -> web.Response:

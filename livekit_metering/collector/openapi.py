@@ -215,7 +215,7 @@ def openapi_spec() -> dict[str, Any]:
                 "get": {
                     "summary": "Liveness and store check",
                     "security": [],
-                    "responses": {"200": {"description": "ok"}},
+                    "responses": {"200": {"description": '{"status": "ok", "pid": <the worker that answered>}'}},
                 }
             },
             "/metrics": {
