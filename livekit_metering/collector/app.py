@@ -62,16 +62,11 @@ class Collector:
         valid = [c.item for c in checked if c.item is not None]
         outcomes = iter(await self.store.ingest(project, valid))
         results: list[dict[str, str]] = []
-        for c in checked:
-            if c.item is None:
-                results.append({"id": c.id, "status": Outcome.REJECTED.value, "reason": c.reason})
-            else:
-                outcome = next(outcomes)
-                reason = _REASONS.get(outcome, "")
-                results.append({"id": c.id, "status": outcome.value, "reason": reason})
         counts: dict[str, int] = {}
-        for r in results:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        for c in checked:
+            status, reason = (Outcome.REJECTED.value, c.reason) if c.item is None else _ANSWERS[next(outcomes)]
+            results.append({"id": c.id, "status": status, "reason": reason})
+            counts[status] = counts.get(status, 0) + 1
         for status, n in counts.items():
             self.metrics.records.labels(status).inc(n)
         log.info("ingest", extra={"project": project, "records": len(results), **counts})
@@ -82,6 +77,7 @@ _REASONS = {
     Outcome.DUPLICATE: "already stored (an identical resend, or a stale checkpoint)",
     Outcome.CONFLICT: "this id is stored, final, with a different payload",
 }
+_ANSWERS = {outcome: (outcome.value, _REASONS.get(outcome, "")) for outcome in Outcome}  # status, reason
 
 COLLECTOR = web.AppKey("collector", Collector)
 CONFIG = web.AppKey("config", CollectorConfig)

@@ -279,7 +279,7 @@ class Store(abc.ABC):
         await self.close()
 
 
-def rollup_keys(item: Stored) -> list[tuple[str, str, str, str, str, str, str, str]]:
+def rollup_keys(item: Stored) -> tuple[tuple[str, str, str, str, str, str, str, str], ...]:
     """The roll-up rows one record adds to: (dimension, key, day, resource, unit, model, provider, language).
 
     The language is part of the price key (multilingual STT costs more), so sums keep it apart.
@@ -288,14 +288,14 @@ def rollup_keys(item: Stored) -> list[tuple[str, str, str, str, str, str, str, s
     per extra dimension (agent, customer), so a high-cardinality dimension never slows the others.
     """
     r = item.record
-    day = item.day
+    day, model, provider, language = item.day, r.model, r.provider, r.language
     # ``_value_``: the plain attribute behind ``.value`` (which is a descriptor, slower on this hot path).
-    price_key = (r.resource._value_, r.unit._value_, r.model, r.provider, r.language)
-    return [
-        ("", "", day, *price_key),
-        ("agent", r.agent_name, day, *price_key),
-        ("customer", r.customer, day, *price_key),
-    ]
+    resource, unit = r.resource._value_, r.unit._value_
+    return (
+        ("", "", day, resource, unit, model, provider, language),
+        ("agent", r.agent_name, day, resource, unit, model, provider, language),
+        ("customer", r.customer, day, resource, unit, model, provider, language),
+    )
 
 
 def open_store(url: str) -> Store:
