@@ -96,6 +96,8 @@ async def test_batches_racing_into_one_commit_store_each_id_once(database: str) 
     second = [rec("R", f"llm-{i}", raw=i + 1) for i in range(25, 75)]
     second.append(session_cp("R", 130_000, status=Status.OK, meta={"end_cause": "shutdown"}))
     async with open_store(database) as store:
+        # Both batches are planned against this checkpoint; whichever writes second finds it replaced.
+        assert await store.ingest("p", [Stored(session_cp("R", 30_000))]) == [Outcome.ACCEPTED]
         a, b = await asyncio.gather(
             store.ingest("p", [Stored(r) for r in first]), store.ingest("p", [Stored(r) for r in second])
         )

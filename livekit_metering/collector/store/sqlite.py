@@ -96,28 +96,38 @@ INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE 
 """
 
 
+def _select(db: sqlite3.Connection, project: str, ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """The stored rows (as READ_COLUMNS) of those ``ids`` that exist, by id."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for chunk in range(0, len(ids), 900):
+        part = ids[chunk : chunk + 900]
+        marks = ",".join("?" * len(part))
+        sql = f"SELECT {READ_COLUMNS} FROM records WHERE project = ? AND id IN ({marks})"
+        for row in db.execute(sql, (project, *part)):
+            found[row[0]] = row
+    return found
+
+
 class _Prepared(NamedTuple):
-    """A batch planned against what a connection sees: the plan, and the rows of an all-new batch."""
+    """A batch planned against the rows a connection saw (``seen``), with the rows to write."""
 
     plan: BatchPlan
-    all_new: bool
-    rows: list[tuple[Any, ...]]
+    seen: dict[str, tuple[Any, ...]]
+    inserts: list[tuple[Any, ...]]
+    updates: list[tuple[Any, ...]]
 
     @staticmethod
     def of(db: sqlite3.Connection, project: str, items: Sequence[Stored]) -> _Prepared:
-        ids = list({item.record.id for item in items})
-        existing: dict[str, Stored] = {}
-        for chunk in range(0, len(ids), 900):
-            part = ids[chunk : chunk + 900]
-            marks = ",".join("?" * len(part))
-            for row in db.execute(
-                f"SELECT {READ_COLUMNS} FROM records WHERE project = ? AND id IN ({marks})", (project, *part)
-            ):
-                existing[row[0]] = stored_from_row(row)
-        plan = plan_batch(items, existing)
-        if existing or plan.updates:
-            return _Prepared(plan, False, [])
-        return _Prepared(plan, True, [record_row(project, item) for item in plan.inserts])
+        seen = _select(db, project, list({item.record.id for item in items}))
+        plan = plan_batch(items, {rid: stored_from_row(row) for rid, row in seen.items()})
+        inserts = [record_row(project, item) for item in plan.inserts]
+        return _Prepared(plan, seen, inserts, [record_row(project, item) for item in plan.updates])
+
+    def write(self, db: sqlite3.Connection) -> None:
+        if self.inserts:
+            db.executemany(_INSERT, self.inserts)
+        if self.updates:
+            db.executemany(_UPDATE, self.updates)
 
 
 class SqliteStore(Store):
@@ -313,25 +323,22 @@ class SqliteStore(Store):
 
     @staticmethod
     def _write(db: sqlite3.Connection, project: str, items: Sequence[Stored], prepared: _Prepared | None) -> BatchPlan:
-        """Write one batch inside the open transaction. A plan prepared outside it holds when every id
-        was new then and is still new now (the insert would fail otherwise); else plan again here."""
-        if prepared is not None and prepared.all_new:
+        """Write one batch inside the open transaction. A plan prepared before it still holds when the
+        rows it saw are unchanged and the ids it found new are still new (their insert fails
+        otherwise); else the batch is planned again here."""
+        if prepared is not None and (not prepared.seen or _select(db, project, list(prepared.seen)) == prepared.seen):
             db.execute("SAVEPOINT prepared")
             try:
-                db.executemany(_INSERT, prepared.rows)
+                prepared.write(db)
             except sqlite3.IntegrityError:  # an id arrived meanwhile (another batch or process)
                 db.execute("ROLLBACK TO prepared")
             else:
                 return prepared.plan
             finally:
                 db.execute("RELEASE prepared")
-        plan = _Prepared.of(db, project, items).plan
-        inserts, updates = plan.inserts, plan.updates
-        if inserts:
-            db.executemany(_INSERT, [record_row(project, item) for item in inserts])
-        if updates:
-            db.executemany(_UPDATE, [record_row(project, item) for item in updates])
-        return plan  # its roll-up and session deltas are written once for the whole group
+        again = _Prepared.of(db, project, items)
+        again.write(db)
+        return again.plan  # its roll-up and session deltas are written once for the whole group
 
     async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
         async with self._write_lock:
