@@ -211,7 +211,8 @@ class Sender:
             await self._sleep(self.interval, wakeable=True)
             return
         generation = self._generation
-        batch = self.store.claim(self._batch_limit, self.max_batch_bytes)
+        limit = self._batch_limit
+        batch = self.store.claim(limit, self.max_batch_bytes)
         if not batch:
             self._finish_waiters(True, upto=generation)
             self._maybe_checkpoint(force=True)
@@ -274,6 +275,11 @@ class Sender:
         self._recovered()
         self._batch_limit = min(self.max_batch, self._batch_limit * 2)
         self._maybe_checkpoint()
+        if len(batch) < limit and sum(p.size for p in batch) < self.max_batch_bytes // 2 and not self._waiters:
+            # Caught up: wait for a fuller batch (export wakes us every max_batch // 2 records) or the
+            # poll interval, rather than post the few records written meanwhile at once. Every request
+            # is ~1 ms of Python on this thread, and it holds the GIL against the agent's event loop.
+            await self._sleep(self.interval, wakeable=True)
 
     async def _back_off(self, delay: float, *, server_asked: bool = False) -> None:
         if self._deadline is not None:
