@@ -14,8 +14,11 @@ fully catches up, so the WAL restarts from its start only when the writers pause
 (~100 MB for 20,000 records written flat out); disk blocks are reserved ahead of it (fallocate,
 64 MB past its end) because on ext4 a write that allocates blocks waits for a concurrent fsync of the
 same file. Durability is unchanged: every checkpoint still fsyncs the WAL and the database, and a
-restart of the WAL still fsyncs its header. In-process, writes wait on a Python lock rather than
+restart of the WAL still fsyncs its header, in a commit the sender makes right after a complete
+checkpoint so that an export rarely pays it. In-process, writes wait on a Python lock rather than
 SQLite's busy handler, and the sender deletes in small transactions, so the writer's waits stay short.
+Between its transactions (and every 64 rows it reads) the sender sleeps briefly: each statement lets
+go of the GIL and takes it straight back, which otherwise starves the agent's thread for milliseconds.
 
 Several processes of one host may share the file (livekit-agents runs each job in its own process);
 SQLite's locking serializes their writes, and a per-record ``version`` makes every delete exact.
@@ -102,6 +105,8 @@ WHERE id = ?1 AND final = 0 AND (?3 = 1 OR (?4, ?5) > (end_ms, raw))
 """
 
 _PAGE_SIZE = 1024
+# A WAL grown past this is cut back to it when the sender's connection restarts it in a settle.
+_WAL_LIMIT = 64 * 1024 * 1024
 # Disk blocks reserved past the end of the WAL: more than a second of flat-out writes (~50 MB/s at
 # 1 KB pages), the sender's checkpoint interval, at which it tops the reserve up.
 _WAL_RESERVE = 64 * 1024 * 1024
@@ -234,7 +239,7 @@ class OutboxStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute("PRAGMA journal_size_limit=67108864")
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > _SCHEMA_VERSION:
             conn.close()
@@ -396,10 +401,31 @@ class OutboxStore:
         until then it grows. Its next blocks are reserved first, so that growth allocates nothing.
         Finishing the leftover with the writers paused was tried and is worse: its two fsyncs, and
         the fsync of the WAL header by the commit that restarts it, hold up the event loop for 1-2 ms.
+        When a checkpoint does complete, this thread makes that restarting commit itself.
         """
         _reserve_ahead(Path(str(self.path) + "-wal"), _WAL_RESERVE)
         with self._read_lock:
-            self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            busy, log, done = self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy or log <= 0 or done < log:
+            return
+        # All of the WAL is in the database: the next commit restarts it from its start, and fsyncs
+        # its header first (1-1.5 ms here). Take that commit now, on this thread, unless the agent's
+        # thread waits: otherwise its next export pays it.
+        self._let_writer_in()
+        with self._write_lock, self._read_lock:
+            conn = self._reader
+            # Not also shrinking a grown WAL in this commit: that ftruncate takes tens of ms, and an
+            # export arriving meanwhile would wait for it (9 ms stalls in the benchmark).
+            conn.execute("PRAGMA journal_size_limit=-1")
+            conn.execute("PRAGMA busy_timeout=0")  # another process writing: it restarts the WAL instead
+            try:
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")  # writes page 1: one WAL frame
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+            finally:
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
 
     # -- anyone ------------------------------------------------------------------------------------
 
