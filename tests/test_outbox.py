@@ -144,6 +144,26 @@ def test_claim_batches_by_count_and_by_bytes_in_arrival_order(tmp_path: Path) ->
     store.close()
 
 
+def test_after_a_complete_checkpoint_the_sender_restarts_the_wal_not_the_next_export(tmp_path: Path) -> None:
+    # The commit that restarts the WAL fsyncs its header (1-2 ms): it must not be an export's.
+    store = OutboxStore(tmp_path / "o.sqlite3")
+    wal = tmp_path / "o.sqlite3-wal"
+
+    def salt() -> bytes:
+        return wal.read_bytes()[16:20]  # changes each time the WAL restarts from its start
+
+    store.put([usage(1)])
+    store.put([usage(2)])
+    before = salt()
+    store.checkpoint()
+    restarted = salt()
+    assert restarted != before
+    store.put([usage(3)])
+    assert salt() == restarted
+    assert [p.id for p in store.claim(10, 1 << 20)] == [usage(n).id for n in (1, 2, 3)]
+    store.close()
+
+
 def test_health_reports_the_age_of_the_oldest_pending_record(tmp_path: Path) -> None:
     store = OutboxStore(tmp_path / "o.sqlite3")
     assert store.health().oldest_pending_age_s is None
