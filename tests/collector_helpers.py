@@ -110,7 +110,8 @@ async def usage_totals(session: aiohttp.ClientSession, url: str, **kw: Any) -> d
     out: dict[str, Decimal] = defaultdict(Decimal)
     for row in doc["rows"]:
         out[row["resource"]] += Decimal(row["quantity"])
-    return dict(out)
+    # Records of raw 0 bill nothing but still list their resource; as_quantities leaves zeros out too.
+    return {resource: quantity for resource, quantity in out.items() if quantity}
 
 
 def as_quantities(billable: dict[str, int]) -> dict[str, Decimal]:
