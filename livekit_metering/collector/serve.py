@@ -106,6 +106,8 @@ def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8
                     if other is not mine:
                         other.close()
                 web.run_app(create_app(config), sock=mine, shutdown_timeout=30, print=None, access_log=None)
+            except (web.GracefulExit, KeyboardInterrupt):
+                pass  # SIGTERM before startup finished: nothing was acknowledged yet, a clean stop
             except BaseException:
                 log.exception("worker failed")
                 code = 1
