@@ -95,28 +95,23 @@ class Deltas:
     rollups: dict[RollupKey, list[int]] = field(default_factory=dict)  # key -> [billable, raw, records]
     sessions: dict[str, SessionDelta] = field(default_factory=dict)
 
+    def _add(self, key: RollupKey, billable: int, raw: int, records: int) -> None:
+        acc = self.rollups.get(key)
+        if acc is None:
+            self.rollups[key] = [billable, raw, records]
+        else:
+            acc[0] += billable
+            acc[1] += raw
+            acc[2] += records
+
     def roll(self, item: Stored, sign: int) -> None:
         billable, raw = sign * item.billable, sign * item.record.raw
-        rollups = self.rollups
         for key in rollup_keys(item):
-            acc = rollups.get(key)
-            if acc is None:
-                rollups[key] = [billable, raw, sign]
-            else:
-                acc[0] += billable
-                acc[1] += raw
-                acc[2] += sign
+            self._add(key, billable, raw, sign)
 
     def merge(self, later: Deltas) -> None:
-        rollups = self.rollups
         for key, (billable, raw, records) in later.rollups.items():
-            acc = rollups.get(key)
-            if acc is None:
-                rollups[key] = [billable, raw, records]
-            else:
-                acc[0] += billable
-                acc[1] += raw
-                acc[2] += records
+            self._add(key, billable, raw, records)
         for sid, delta in later.sessions.items():
             mine = self.sessions.get(sid)
             if mine is None:
