@@ -19,6 +19,7 @@ from typing import IO
 
 from .backoff import Backoff
 from .client import BatchRefused, CollectorClient, RetryableError
+from .gil import EVERY, hand_over
 from .store import OutboxStore, Settlement
 
 __all__ = ["Sender"]
@@ -255,9 +256,8 @@ class Sender:
             return
         settlements = []
         for n, (pending, result) in enumerate(zip(batch, results, strict=True)):
-            if n % 256 == 255:
-                # A zero sleep in our own loop blocks nothing; it lets the agent's thread take the GIL.
-                time.sleep(0)  # noqa: ASYNC251
+            if n % EVERY == EVERY - 1:
+                hand_over()  # blocks only this thread's loop, which has nothing else to do meanwhile
             if result.status in _CONFIRMED:
                 settlements.append(Settlement(pending.id, pending.version))
             else:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar, cast
 
 from ..records import MeterRecord
+from .gil import hand_over
 from .health import OutboxHealth
 
 __all__ = ["OutboxStore", "PendingRecord", "Settlement"]
@@ -112,8 +113,6 @@ _WAL_LIMIT = 64 * 1024 * 1024
 _WAL_RESERVE = 64 * 1024 * 1024
 # Sender write transactions are cut into chunks so the event loop never waits long for the lock.
 _SETTLE_CHUNK = 25
-# Sleep between sender transactions, for the agent's thread to take the GIL (~70 µs with timer slack).
-_YIELD = 20e-6
 # The dead-letter table keeps the most recent refusals for inspection; the total is a counter.
 DEAD_LETTER_KEEP = 10_000
 
@@ -336,7 +335,7 @@ class OutboxStore:
                 if len(out) % 64 == 63:
                     # Each row releases the GIL and takes it back before the agent's thread can (a GIL
                     # convoy: its event loop waited out whole claims, 2-4 ms): a real sleep lets it run.
-                    time.sleep(_YIELD)
+                    hand_over()
                 out.append(PendingRecord(*row))
                 total += row[3]
             cursor.close()
@@ -388,10 +387,10 @@ class OutboxStore:
         sleep leaves the GIL free long enough for it to run. Then wait (1 ms at most) while it waits
         for the write lock.
         """
-        time.sleep(_YIELD)
+        hand_over()
         deadline = time.monotonic() + 0.001
         while self._writer_waiting and time.monotonic() < deadline:
-            time.sleep(_YIELD)
+            hand_over()
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database without blocking writers (called off the event loop).
