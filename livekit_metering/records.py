@@ -172,8 +172,10 @@ def rfc3339(value: datetime) -> str:
 
 Quantity = Annotated[
     Decimal,
+    # Before the validator, so pydantic-core checks it (after it, a Python function would).
+    # pydantic-core also refuses NaN and infinities for Decimal.
+    Field(ge=0),
     BeforeValidator(_no_float),
-    Field(ge=0),  # pydantic-core refuses NaN and infinities for Decimal (allow_inf_nan=False re-checks in Python)
     PlainSerializer(lambda d: format(d, "f"), return_type=str),
 ]
 UtcTime = Annotated[AwareDatetime, PlainSerializer(rfc3339, return_type=str)]
