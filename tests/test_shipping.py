@@ -368,3 +368,29 @@ def test_shutdown_returns_within_its_budget_when_the_collector_hangs(
     # Generous bound: what matters is fitting livekit-agents' ~10 s shutdown window.
     assert time.monotonic() - began < 8.0
     assert outbox.health().pending == 5, "the unsent records stay on disk for the next process"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_record_exported_while_a_batch_is_in_flight_goes_next_not_at_the_next_poll(
+    make_outbox: MakeOutbox, collector: StandInCollector
+) -> None:
+    collector.faults = ["slow"]  # the first answer takes 0.5 s: the second export lands meanwhile
+    outbox = make_outbox(collector.url, interval=30.0, max_batch=2)  # wakes the sender on every record
+    first, second = records(1, "job-a"), records(1, "job-b")
+    outbox.export(first)
+    assert wait_until(lambda: collector.requests == 1, 10), "the first record is on its way"
+    outbox.export(second)
+    began = time.monotonic()
+    assert wait_until(lambda: len(collector.call(lambda: dict(collector.store))) == 2, 10), (
+        "the second record waited for the 30 s poll: its wake-up arrived mid-send and was lost"
+    )
+    assert time.monotonic() - began < 10
+    assert_exactly_once(collector, first + second)

@@ -311,12 +311,14 @@ class Sender:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return
-            self._kick.clear()
             try:
                 await asyncio.wait_for(self._kick.wait(), min(remaining, _CHECKPOINT_EVERY))
             except asyncio.TimeoutError:
                 self._maybe_checkpoint()
                 continue
+            # Cleared once seen, not before waiting: a wake-up that came during the last step (records
+            # exported while a batch was in flight) must end this wait at once, not be wiped out.
+            self._kick.clear()
             if wakeable:
                 return
 
