@@ -202,7 +202,7 @@ class Sender:
                     self._failed(f"{type(exc).__name__}: {exc}")
                     await self._back_off(self.backoff.next())
         finally:
-            await self.client.aclose()
+            self.client.close()
 
     async def _step(self) -> None:
         if not self._lock.acquire():
@@ -226,13 +226,12 @@ class Sender:
                 self._finish_waiters(False)
                 self._deadline = None
                 return
-        ids = [p.id for p in batch]
         try:
-            results = await asyncio.wait_for(self.client.send(ids, [p.body for p in batch]), timeout)
-        except (RetryableError, asyncio.TimeoutError) as exc:
-            retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
-            self._failed(str(exc) or "request timed out")
-            await self._back_off(self.backoff.next(retry_after), server_asked=retry_after is not None)
+            # Blocks this thread's loop, which has nothing else to run; flush and stop see its end.
+            results = self.client.send([p.id for p in batch], [p.body for p in batch], timeout=timeout)
+        except RetryableError as exc:
+            self._failed(str(exc))
+            await self._back_off(self.backoff.next(exc.retry_after), server_asked=exc.retry_after is not None)
             return
         except BatchRefused as exc:
             if exc.status in (401, 403):
