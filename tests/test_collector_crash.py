@@ -115,9 +115,10 @@ async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, workers: i
             proc.wait()
 
 
-async def test_two_workers_both_take_connections_and_store_each_id_once(tmp_path: Path) -> None:
-    """serve --workers 2: the kernel spreads new connections over both processes, and batches sent
-    twice at once through different workers are stored once (the workers share the SQLite file)."""
+async def test_two_workers_both_take_connections_store_each_id_once_and_count_together(tmp_path: Path) -> None:
+    """serve --workers 2: the kernel spreads new connections over both processes, batches sent twice
+    at once through different workers are stored once (the workers share the SQLite file), and
+    /metrics from either worker counts both."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _start(tmp_path / "metering.db", port, workers=2)
@@ -139,6 +140,13 @@ async def test_two_workers_both_take_connections_and_store_each_id_once(tmp_path
             assert len(statuses) == 2 * 8 * 300
             assert (statuses.count("accepted"), statuses.count("duplicate")) == (8 * 300, 8 * 300)
             assert len(await _stored_ids(http, url, ["W"])) == 8 * 300
+        # Each scrape reaches one worker or the other; every one reports both workers' counts.
+        for _ in range(8):
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+                async with http.get(f"{url}/metrics") as resp:
+                    text = await resp.text()
+            assert 'metering_records_total{status="accepted"} 2400.0' in text
+            assert 'metering_records_total{status="duplicate"} 2400.0' in text
     finally:
         proc.kill()
         proc.wait()

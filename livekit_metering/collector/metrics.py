@@ -1,11 +1,28 @@
-"""Prometheus metrics, one registry per app (so several apps in one process do not clash)."""
+"""Prometheus metrics, one registry per app (so several apps in one process do not clash).
+
+Under ``serve --workers`` each worker would count only what it handled itself, and a scrape reaches
+one worker at random: there the values live in files that every worker writes and any worker sums
+(prometheus_client's multiprocess mode, as under gunicorn).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import os
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "share_between_processes"]
+
+_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_between_processes(directory: str) -> None:
+    """Keep the values of every metric made from now on in files under ``directory``, which all
+    processes forked afterwards share; ``Metrics.render`` then reports their sum."""
+    os.environ[_DIRECTORY] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -35,4 +52,9 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        directory = os.environ.get(_DIRECTORY)
+        if directory and values.ValueClass is not values.MutexValue:  # multiprocess mode
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

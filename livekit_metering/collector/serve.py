@@ -11,8 +11,10 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from .app import CollectorConfig, create_app
 from .auth import KeyRing
 from .config import Limits
 from .logs import configure_logging
+from .metrics import share_between_processes
 
 __all__ = ["ServeError", "build_config", "run_serve"]
 
@@ -85,8 +88,8 @@ def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8
     """Serve until SIGINT/SIGTERM. ``workers`` > 1 forks that many processes, each with its own
     SO_REUSEPORT socket on the port, so the kernel spreads connections across them (on one shared
     socket, one process tends to accept them all) and validation runs on several cores. They share
-    the store (SQLite queues their commits on a file lock, PostgreSQL row-locks them). /metrics then
-    shows the counters of the worker that answered."""
+    the store (SQLite queues their commits on a file lock, PostgreSQL row-locks them) and their
+    metrics (/metrics from any worker sums all of them)."""
     configure_logging()
     _tune_gc()
     log.info("listening", extra={"host": host, "port": port, "workers": workers})
@@ -96,6 +99,8 @@ def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8
     # One listening socket per worker, all bound before any worker starts, so the kernel spreads
     # connections over every worker from the first one (a late starter would get none of them).
     socks = [socket.create_server((host, port), reuse_port=True, backlog=1024) for _ in range(workers)]
+    metrics_dir = tempfile.mkdtemp(prefix="livekit-metering-metrics-")
+    share_between_processes(metrics_dir)
     children: list[int] = []
     for mine in socks:
         pid = os.fork()
@@ -132,5 +137,6 @@ def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8
             except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
                 continue
         status = status or os.waitstatus_to_exitcode(code)
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     if status:
         raise SystemExit(status)
