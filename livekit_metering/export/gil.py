@@ -15,7 +15,7 @@ __all__ = ["EVERY", "hand_over"]
 
 # Work items between hand-overs in the sender's loops: a few hundred microseconds of Python.
 EVERY = 200
-# ~70 µs of real sleep with the kernel's timer slack: long enough for the waiting thread to run.
+# 70 to 90 µs of real sleep here (timer slack): long enough for the waiting thread to run.
 _PAUSE = 20e-6
 
 
