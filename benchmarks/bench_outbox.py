@@ -17,9 +17,8 @@ Measures, with each record committed to the SQLite WAL before ``export`` returns
    while another process drains a backlog into the loopback collector. The issue quotes ~15 µs for
    such a commit "on these machines"; a shared 2-core machine measures 20-33 µs from run to run, so
    ratios within one run are the comparison that holds. The loaded reference shows how often the
-   machine alone stops a bare commit for over 1 ms (preemption) under the sender's and the
-   collector's CPU load (preemption, page faults), which tells those stalls from the ones the
-   outbox causes.
+   machine alone stops a bare commit for over 1 ms (preemption, page faults) under the sender's and
+   the collector's CPU load, which tells those stalls from the ones the outbox causes.
 
 The loopback collector runs in its own process and does the minimum a collector must (parse the
 batch, keep the ids, answer per record), so the numbers are the sending side's.

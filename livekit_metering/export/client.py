@@ -166,7 +166,6 @@ class CollectorClient:
                     ) from None
                 # A kept-alive connection the collector closed meanwhile: once more, on a new one.
         if status == 200:
-            hand_over()  # reading the answer was a stretch of Python on this thread; so is parsing it
             return _parse_results(text, ids)
         detail = _error_detail(text)
         if status in (408, 425, 429) or status >= 500:
@@ -209,8 +208,9 @@ def _error_detail(text: str) -> str:
 
 def _parse_results(text: str, ids: Sequence[str]) -> list[RecordResult]:
     # A 200 we cannot read is treated as retryable: re-sending is safe (the collector deduplicates).
+    hand_over()  # json.loads is one C call: no other thread gets the GIL until it returns
     try:
-        data: Any = json.loads(text)  # one C call: no thread gets the GIL until it returns
+        data: Any = json.loads(text)
         raw = data["results"]
     except (ValueError, KeyError, TypeError):
         raise RetryableError(f"collector answered 200 without a readable results list: {text[:200]!r}") from None
