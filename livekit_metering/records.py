@@ -40,6 +40,7 @@ __all__ = [
     "Unit",
     "latest_forms",
     "parse_utc",
+    "participant_usage_id",
     "record_id",
     "rfc3339",
 ]
@@ -319,3 +320,14 @@ def record_id(session_id: str, usage: str, resource: Resource | str) -> str:
     if len(key) <= 200:
         return key
     return f"{key[:150]}~{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+def participant_usage_id(room_sid: str, participant_sid: str, resource: Resource) -> str:
+    """The id of a usage tied to one participant's connection: its WebRTC minutes, a SIP call.
+
+    Both sides that can see such a usage derive the same id: the agent (from its room and the
+    participant it sees) and the collector (from LiveKit's participant webhooks), so the usage is
+    stored, and billed, once whichever side reports it first. A participant sid names one
+    connection of one participant (a reconnect under the same identity gets a new sid).
+    """
+    return record_id(f"room:{room_sid or '-'}", f"participant:{participant_sid}", resource)

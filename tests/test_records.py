@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from livekit_metering import InvalidRecord, MeterRecord, Resource, Status, Unit, get_policy, record_id
 from livekit_metering.rates import policies
-from livekit_metering.records import RESOURCE_BASE_UNIT, UNIT_BASE
+from livekit_metering.records import RESOURCE_BASE_UNIT, UNIT_BASE, participant_usage_id
 
 T0 = datetime(2026, 11, 1, 9, 30, tzinfo=timezone.utc)
 
@@ -110,6 +110,14 @@ def test_record_id_is_deterministic_and_bounded() -> None:
     long = record_id("j" * 300, "session", Resource.AGENT_SESSION)
     assert len(long) <= 200 and long == record_id("j" * 300, "session", Resource.AGENT_SESSION)
     assert long != record_id("j" * 299 + "k", "session", Resource.AGENT_SESSION)
+
+
+def test_a_participant_usage_has_one_id_whoever_reports_it() -> None:
+    # the agent and the collector's webhooks both derive it from the room and participant sids
+    a = participant_usage_id("RM_1", "PA_1", Resource.CONNECTION)
+    assert a == "room:RM_1/participant:PA_1/connection"
+    assert a != participant_usage_id("RM_1", "PA_2", Resource.CONNECTION)
+    assert a != participant_usage_id("RM_1", "PA_1", Resource.SIP_INBOUND)
 
 
 # -- bad records ----------------------------------------------------------------------------------
