@@ -166,9 +166,9 @@ def test_livekit_inference_stt_keeps_provider_model_and_language() -> None:
     assert (model.model, model.provider) == ("deepgram/nova-3", "livekit")
     from livekit_metering.adapters._usage import Attribution
 
-    who = Attribution.of(model.wrapped, speech=True)
+    who = Attribution.of(model, speech=True)
     assert (who.model, who.provider, who.language) == ("deepgram/nova-3", "livekit", "multi")
-    assert Attribution.of(model.wrapped, "fr", speech=True).language == "fr"  # a language passed to stream() wins
+    assert Attribution.of(model, "fr", speech=True).language == "fr"  # a language passed to stream() wins
 
 
 async def test_stream_records_carry_the_language_of_the_request() -> None:

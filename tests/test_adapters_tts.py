@@ -158,12 +158,10 @@ async def test_broken_exporter_does_not_break_synthesis() -> None:
 
 
 def test_livekit_inference_tts_keeps_provider_and_model() -> None:
-    model = MeteredTTS(inference.TTS("cartesia/sonic-3", api_key="k" * 32, api_secret="s" * 32))
-    assert (model.model, model.provider, model.sample_rate) == (
-        "cartesia/sonic-3",
-        "livekit",
-        model.wrapped.sample_rate,
-    )
+    bare = inference.TTS("cartesia/sonic-3", api_key="k" * 32, api_secret="s" * 32)
+    sample_rate = bare.sample_rate
+    model = MeteredTTS(bare)
+    assert (model.model, model.provider, model.sample_rate) == ("cartesia/sonic-3", "livekit", sample_rate)
 
 
 async def test_wrapping_a_metered_model_again_does_not_count_twice() -> None:
