@@ -21,20 +21,20 @@ from . import llm as llm_usage
 from . import realtime
 from . import stt as stt_usage
 from . import tts as tts_usage
-from ._hooks import Metering, is_instrumented, swap_class
+from ._hooks import Hooks, Metering, install, is_instrumented
 from .stt import DEFAULT_CHECKPOINT_INTERVAL
 
 __all__ = ["MeteredLLM", "MeteredSTT", "MeteredTTS", "instrument", "is_metered"]
 
 M = TypeVar("M")
 
-# leaf model kinds: the base class, the subclass's request methods, what to set up on the instance
-_KINDS: list[tuple[type, Callable[[Any], dict[str, Any]], Callable[[Any], None] | None]] = [
-    (stt.STT, stt_usage.overrides, stt_usage.attach),
-    (llm.LLM, llm_usage.overrides, None),
-    (tts.TTS, tts_usage.overrides, None),
-    (llm.RealtimeModel, realtime.realtime_overrides, None),
-    (llm.DuplexModel, realtime.duplex_overrides, None),
+# leaf model kinds: the base class, its request-method hooks, what else to set up on the model
+_KINDS: list[tuple[type, Hooks, Callable[[Any], None] | None]] = [
+    (stt.STT, stt_usage.HOOKS, stt_usage.attach),
+    (llm.LLM, llm_usage.HOOKS, None),
+    (tts.TTS, tts_usage.HOOKS, None),
+    (llm.RealtimeModel, realtime.REALTIME_HOOKS, None),
+    (llm.DuplexModel, realtime.DUPLEX_HOOKS, None),
 ]
 
 # composites and where they keep their children (private attributes of livekit-agents 1.8)
@@ -62,9 +62,9 @@ def instrument(
         return model
     if is_instrumented(model):
         return model
-    for base, overrides, attach in _KINDS:
+    for base, hooks, attach in _KINDS:
         if isinstance(model, base):
-            swap_class(model, overrides, Metering(meter, checkpoint_interval))
+            install(model, hooks, Metering(meter, checkpoint_interval))
             if attach is not None:
                 attach(model)
             return model

@@ -15,7 +15,6 @@ request is recorded.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from typing import Any
 
@@ -23,28 +22,28 @@ from livekit.agents import llm
 
 from ..meter import Meter
 from ..records import Resource, Status
-from ._hooks import metering_of, shadow, unmetered
+from ._hooks import Hooks, metering_of, shadow, unmetered
 from ._usage import Attribution, Meta, Span, never_raises, record, resolve_meter, status_of
 
-__all__ = ["CHARS_PER_TOKEN", "ESTIMATE_METHOD", "overrides", "record_tokens"]
+__all__ = ["CHARS_PER_TOKEN", "ESTIMATE_METHOD", "HOOKS", "record_tokens"]
 
 CHARS_PER_TOKEN = 4  # the estimate for requests whose provider figures never arrived
 ESTIMATE_METHOD = f"ceil(chars/{CHARS_PER_TOKEN})"
 
 
-def overrides(cls: Any) -> dict[str, Any]:
-    """The request method of a metered LLM class."""
-
-    @functools.wraps(cls.chat)
-    def chat(self: llm.LLM[Any], *args: Any, **kwargs: Any) -> llm.LLMStream:
-        meter = _meter_of(self)
+def _chat(model: llm.LLM[Any], original: Any) -> Any:
+    def chat(*args: Any, **kwargs: Any) -> llm.LLMStream:
+        meter = _meter_of(model)
         span = Span(meter)
-        stream: llm.LLMStream = cls.chat(self, *args, **kwargs)
+        stream: llm.LLMStream = original(*args, **kwargs)
         if meter is not None:
-            _watch(self, meter, span, stream)
+            _watch(model, meter, span, stream)
         return stream
 
-    return {"chat": chat}
+    return chat
+
+
+HOOKS: Hooks = {"chat": _chat}
 
 
 def _meter_of(model: llm.LLM[Any]) -> Meter | None:

@@ -29,7 +29,6 @@ Observed on the provider's own session: its ``metrics_collected``, ``generation_
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from datetime import timedelta
 from typing import Any
@@ -41,11 +40,11 @@ from livekit.agents.utils import aio
 
 from ..meter import Meter
 from ..records import Resource, Status
-from ._hooks import metering_of, shadow, unmetered
+from ._hooks import Hooks, metering_of, shadow, unmetered
 from ._usage import Attribution, Meta, Span, never_raises, record, resolve_meter
 from .llm import CHARS_PER_TOKEN, record_tokens
 
-__all__ = ["AUDIO_OUTPUT_MS_PER_TOKEN", "ESTIMATE_METHOD", "duplex_overrides", "realtime_overrides"]
+__all__ = ["AUDIO_OUTPUT_MS_PER_TOKEN", "DUPLEX_HOOKS", "ESTIMATE_METHOD", "REALTIME_HOOKS"]
 
 # Estimates for a response whose figures never arrived. OpenAI documents assistant audio as one
 # token per 50 ms (developers.openai.com/api/docs/guides/realtime-costs); other providers publish
@@ -61,32 +60,18 @@ ESTIMATE_METHOD = (
 _TIME_BILLED_PREFIXES = ("xai/", "grok")
 
 
-def realtime_overrides(cls: Any) -> dict[str, Any]:
-    """The request method of a metered realtime model class."""
+def _session(time_billed: Any) -> Any:
+    def make(model: Any, original: Any) -> Any:
+        def session(*args: Any, **kwargs: Any) -> Any:
+            opened = _open(model)
+            provider_session = original(*args, **kwargs)
+            if opened is not None:
+                _Session.watch(model, provider_session, opened, time_billed=time_billed(model))
+            return provider_session
 
-    @functools.wraps(cls.session)
-    def session(self: llm.RealtimeModel, *args: Any, **kwargs: Any) -> llm.RealtimeSession[Any]:
-        opened = _open(self)
-        provider_session: llm.RealtimeSession[Any] = cls.session(self, *args, **kwargs)
-        if opened is not None:
-            _Session.watch(self, provider_session, opened, time_billed=_time_billed(self))
-        return provider_session
+        return session
 
-    return {"session": session}
-
-
-def duplex_overrides(cls: Any) -> dict[str, Any]:
-    """The request method of a metered duplex model class."""
-
-    @functools.wraps(cls.session)
-    def session(self: llm.DuplexModel, *args: Any, **kwargs: Any) -> llm.DuplexSession[Any]:
-        opened = _open(self)
-        provider_session: llm.DuplexSession[Any] = cls.session(self, *args, **kwargs)
-        if opened is not None:
-            _Session.watch(self, provider_session, opened, time_billed=True)
-        return provider_session
-
-    return {"session": session}
+    return make
 
 
 def _open(model: Any) -> tuple[Meter, Span, float] | None:
@@ -100,6 +85,10 @@ def _open(model: Any) -> tuple[Meter, Span, float] | None:
 def _time_billed(model: Any) -> bool:
     name = Attribution.of(model)
     return name.model.lower().startswith(_TIME_BILLED_PREFIXES) or name.provider.lower() == "xai"
+
+
+REALTIME_HOOKS: Hooks = {"session": _session(_time_billed)}
+DUPLEX_HOOKS: Hooks = {"session": _session(lambda model: True)}
 
 
 class _Response:

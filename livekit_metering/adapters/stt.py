@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 from datetime import timedelta
 from typing import Any
 
@@ -30,10 +29,10 @@ from livekit.agents.utils.audio import calculate_audio_duration
 
 from ..meter import Meter
 from ..records import Resource, Status
-from ._hooks import metering_of, shadow, unmetered
+from ._hooks import Hooks, metering_of, shadow, unmetered
 from ._usage import Attribution, Meta, Span, never_raises, record, resolve_meter, status_of
 
-__all__ = ["DEFAULT_CHECKPOINT_INTERVAL", "attach", "overrides"]
+__all__ = ["DEFAULT_CHECKPOINT_INTERVAL", "HOOKS", "attach"]
 
 DEFAULT_CHECKPOINT_INTERVAL = 15.0  # seconds between running figures of an open stream
 
@@ -42,28 +41,28 @@ DEFAULT_CHECKPOINT_INTERVAL = 15.0  # seconds between running figures of an open
 _owner: contextvars.ContextVar[_Recognition | None] = contextvars.ContextVar("livekit_metering_stt", default=None)
 
 
-def overrides(cls: Any) -> dict[str, Any]:
-    """The request methods of a metered STT class."""
-
-    @functools.wraps(cls.stream)
-    def stream(self: stt.STT[Any], *args: Any, **kwargs: Any) -> stt.RecognizeStream:
-        watch = _Recognition.open(self, kwargs.get("language"))
+def _stream(model: stt.STT[Any], original: Any) -> Any:
+    def stream(*args: Any, **kwargs: Any) -> stt.RecognizeStream:
+        watch = _Recognition.open(model, kwargs.get("language"))
         token = _owner.set(watch)
         try:
-            provider_stream: stt.RecognizeStream = cls.stream(self, *args, **kwargs)
+            provider_stream: stt.RecognizeStream = original(*args, **kwargs)
         finally:
             _owner.reset(token)
         if watch is not None:
-            watch.attach(self, provider_stream)
+            watch.attach(model, provider_stream)
         return provider_stream
 
-    @functools.wraps(cls.recognize)
-    async def recognize(self: stt.STT[Any], buffer: Any, *args: Any, **kwargs: Any) -> stt.SpeechEvent:
-        meter = resolve_meter(metering_of(self).meter)
+    return stream
+
+
+def _recognize(model: stt.STT[Any], original: Any) -> Any:
+    async def recognize(buffer: Any, *args: Any, **kwargs: Any) -> stt.SpeechEvent:
+        meter = resolve_meter(metering_of(model).meter)
         span = Span(meter)
         status, meta = Status.CANCELLED, Meta(mode="recognize")
         try:
-            event: stt.SpeechEvent = await cls.recognize(self, buffer, *args, **kwargs)
+            event: stt.SpeechEvent = await original(buffer, *args, **kwargs)
             status = Status.OK
             return event
         except asyncio.CancelledError:
@@ -74,12 +73,15 @@ def overrides(cls: Any) -> dict[str, Any]:
         finally:
             with never_raises("recording an STT recognize call"):
                 audio_ms = round(calculate_audio_duration(buffer) * 1000)
-                who = Attribution.of(self, kwargs.get("language"), speech=True)
+                who = Attribution.of(model, kwargs.get("language"), speech=True)
                 meta["audio_ms"] = audio_ms
                 usage = meter.next_usage("stt")
                 record(meter, Resource.STT, audio_ms, usage=usage, span=span, who=who, status=status, meta=meta)
 
-    return {"stream": stream, "recognize": recognize}
+    return recognize
+
+
+HOOKS: Hooks = {"stream": _stream, "recognize": _recognize}
 
 
 def attach(model: stt.STT[Any]) -> None:
@@ -142,10 +144,13 @@ class _Recognition:
             self.stream = stream
             self.usage = self.meter.next_usage("stt")
 
+            audio = self
+
             def make(push: Any) -> Any:
+                # the one hook per frame (50 a second for the whole session): a call and an addition
                 def push_frame(frame: rtc.AudioFrame) -> None:
                     push(frame)  # raises (and counts nothing) on a closed stream or a rate change
-                    self.samples += frame.samples_per_channel
+                    audio.samples += frame._samples_per_channel
 
                 return push_frame
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 from typing import Any
 
 from livekit.agents import tts
 
 from ..meter import Meter
 from ..records import Resource, Status
-from ._hooks import metering_of, shadow, unmetered
+from ._hooks import Hooks, metering_of, shadow, unmetered
 from ._usage import Attribution, Meta, Span, never_raises, record, resolve_meter, status_of
 
-__all__ = ["overrides"]
+__all__ = ["HOOKS"]
 
 # Set while a metered synthesize() builds its request: a TTS whose synthesize() runs on its own
 # stream() (``_synthesize_with_stream``, e.g. inference.TTS) is billed once, as the synthesize call.
@@ -34,29 +33,32 @@ __all__ = ["overrides"]
 _inside_synthesize: contextvars.ContextVar[bool] = contextvars.ContextVar("livekit_metering_tts", default=False)
 
 
-def overrides(cls: Any) -> dict[str, Any]:
-    """The request methods of a metered TTS class."""
-
-    @functools.wraps(cls.synthesize)
-    def synthesize(self: tts.TTS[Any], text: str, *args: Any, **kwargs: Any) -> tts.ChunkedStream:
+def _synthesize(model: tts.TTS[Any], original: Any) -> Any:
+    def synthesize(text: str, *args: Any, **kwargs: Any) -> tts.ChunkedStream:
         outer = _inside_synthesize.get()
         token = _inside_synthesize.set(True)
         try:
-            chunked: tts.ChunkedStream = cls.synthesize(self, text, *args, **kwargs)
+            chunked: tts.ChunkedStream = original(text, *args, **kwargs)
         finally:
             _inside_synthesize.reset(token)
         if not outer:
-            _watch_synthesize(self, chunked, text)
+            _watch_synthesize(model, chunked, text)
         return chunked
 
-    @functools.wraps(cls.stream)
-    def stream(self: tts.TTS[Any], *args: Any, **kwargs: Any) -> tts.SynthesizeStream:
-        provider_stream: tts.SynthesizeStream = cls.stream(self, *args, **kwargs)
+    return synthesize
+
+
+def _stream(model: tts.TTS[Any], original: Any) -> Any:
+    def stream(*args: Any, **kwargs: Any) -> tts.SynthesizeStream:
+        provider_stream: tts.SynthesizeStream = original(*args, **kwargs)
         if not _inside_synthesize.get():
-            _Synthesis.watch(self, provider_stream)
+            _Synthesis.watch(model, provider_stream)
         return provider_stream
 
-    return {"synthesize": synthesize, "stream": stream}
+    return stream
+
+
+HOOKS: Hooks = {"synthesize": _synthesize, "stream": _stream}
 
 
 def _watch_synthesize(model: tts.TTS[Any], chunked: tts.ChunkedStream, text: str) -> None:
