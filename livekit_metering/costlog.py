@@ -25,6 +25,7 @@ logger = logging.getLogger("livekit_metering")
 
 Money = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 _MINUTE_MS = UNIT_SIZE[Unit.MINUTE]
+_REALTIME = frozenset(r for r in Resource if r.value.startswith(("realtime_", "transcription_")))
 
 
 class SessionSummary(BaseModel):
@@ -49,6 +50,9 @@ class SessionSummary(BaseModel):
     llm_cached_tokens: int = 0
     llm_output_tokens: int = 0
     tts_characters: int = 0
+    # realtime models and their transcription, by resource name (realtime_input_audio, ...):
+    # billable tokens, or seconds for realtime_session
+    realtime: dict[str, Money] = Field(default_factory=dict)
     cost: Money | None = None
     unpriced: list[str] = Field(default_factory=list)
     plan: str = "ship"
@@ -95,6 +99,9 @@ def summarize(
             fields["llm_output_tokens"] = fields.get("llm_output_tokens", 0) + record.raw
         elif record.resource is Resource.TTS:
             fields["tts_characters"] = fields.get("tts_characters", 0) + record.raw
+        elif record.resource in _REALTIME:
+            realtime = fields.setdefault("realtime", {})
+            realtime[record.resource.value] = realtime.get(record.resource.value, Decimal(0)) + record.quantity
     fields["billed_minutes"] = _exact_or_rounded(Decimal(billed_ms) / _MINUTE_MS)
     fields["stt_seconds"] = Decimal(stt_ms) / 1000
     if price:
@@ -164,6 +171,9 @@ def cost_line(summary: SessionSummary) -> str:
         f"llm_tokens_out={summary.llm_output_tokens}",
         f"tts_chars={summary.tts_characters}",
     ]
+    for name in sorted(summary.realtime, key=[r.value for r in Resource].index):
+        key = f"{name}_seconds" if name == Resource.REALTIME_SESSION.value else name
+        parts.append(f"{key}={format(summary.realtime[name].normalize(), 'f')}")
     parts.append(f"cost={_money(summary.cost)}" if summary.cost is not None else "cost=unknown")
     if summary.unpriced:
         parts.append(f"unpriced={_value(','.join(summary.unpriced))}")

@@ -48,6 +48,17 @@ _LABELS: dict[Resource, str] = {
     Resource.LLM_INPUT_CACHED: "LLM cached input",
     Resource.LLM_OUTPUT: "LLM output",
     Resource.TTS: "TTS",
+    Resource.REALTIME_INPUT_TEXT: "Realtime text input",
+    Resource.REALTIME_INPUT_AUDIO: "Realtime audio input",
+    Resource.REALTIME_INPUT_IMAGE: "Realtime image input",
+    Resource.REALTIME_INPUT_CACHED_TEXT: "Realtime cached text input",
+    Resource.REALTIME_INPUT_CACHED_AUDIO: "Realtime cached audio input",
+    Resource.REALTIME_INPUT_CACHED_IMAGE: "Realtime cached image input",
+    Resource.REALTIME_OUTPUT_TEXT: "Realtime text output",
+    Resource.REALTIME_OUTPUT_AUDIO: "Realtime audio output",
+    Resource.REALTIME_SESSION: "Realtime session",
+    Resource.TRANSCRIPTION_INPUT: "Transcription input",
+    Resource.TRANSCRIPTION_OUTPUT: "Transcription output",
 }
 _UNIT_NAMES: dict[Unit, tuple[str, str]] = {
     Unit.MINUTE: ("minute", "minutes"),

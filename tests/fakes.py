@@ -83,6 +83,10 @@ class FakeLLM(llm.LLM):
     def provider(self) -> str:
         return self._provider
 
+    def update_options(self, **options: Any) -> None:
+        for name, value in options.items():
+            setattr(self, name, value)
+
     def chat(
         self,
         *,
@@ -163,6 +167,10 @@ class FakeSTT(stt.STT):
     @property
     def provider(self) -> str:
         return self._provider
+
+    def update_options(self, **options: Any) -> None:
+        for name, value in options.items():
+            setattr(self, name, value)
 
     async def _recognize_impl(
         self,
@@ -313,6 +321,7 @@ class FakeTTS(tts.TTS):
         super().__init__(capabilities=tts.TTSCapabilities(streaming=streaming), sample_rate=sample_rate, num_channels=1)
         self.chunk_delay = chunk_delay
         self.received_chars = 0
+        self.streams = 0  # streams the provider served (recovery probes included)
         self.fail = fail
         self.seconds_per_char = seconds_per_char
         self._model = model
@@ -335,6 +344,11 @@ class FakeTTS(tts.TTS):
         if not self.capabilities.streaming:
             raise NotImplementedError
         return _FakeSynthesizeStream(tts=self, conn_options=conn_options)
+
+    def update_options(self, **options: Any) -> None:
+        """Like a plugin's update_options(): change how the provider behaves from now on."""
+        for name, value in options.items():
+            setattr(self, name, value)
 
     def pcm_for(self, text: str) -> bytes:
         return b"\x00\x00" * int(len(text) * self.seconds_per_char * self.sample_rate)
@@ -367,11 +381,14 @@ class _FakeSynthesizeStream(tts.SynthesizeStream):
         )
         output_emitter.start_segment(segment_id=utils.shortuuid())
         buf = ""
+        fake.streams += 1
         async for data in self._input_ch:
             if isinstance(data, str):
                 self._mark_started()
                 fake.received_chars += len(data)  # the provider receives (and bills) text as it is sent
                 buf += data
+                if fake.fail:  # then drops the connection
+                    raise APIConnectionError("fake tts stream failure", retryable=False)
             else:
                 if fake.chunk_delay:
                     await asyncio.sleep(fake.chunk_delay)

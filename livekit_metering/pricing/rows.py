@@ -28,6 +28,7 @@ class Kind(str, Enum):
     STT = "stt"
     LLM = "llm"
     TTS = "tts"
+    REALTIME = "realtime"  # speech-to-speech models: tokens by modality, session time
 
 
 INFERENCE_RESOURCES: dict[Resource, Kind] = {
@@ -36,6 +37,17 @@ INFERENCE_RESOURCES: dict[Resource, Kind] = {
     Resource.LLM_INPUT_CACHED: Kind.LLM,
     Resource.LLM_OUTPUT: Kind.LLM,
     Resource.TTS: Kind.TTS,
+    Resource.REALTIME_INPUT_TEXT: Kind.REALTIME,
+    Resource.REALTIME_INPUT_AUDIO: Kind.REALTIME,
+    Resource.REALTIME_INPUT_IMAGE: Kind.REALTIME,
+    Resource.REALTIME_INPUT_CACHED_TEXT: Kind.REALTIME,
+    Resource.REALTIME_INPUT_CACHED_AUDIO: Kind.REALTIME,
+    Resource.REALTIME_INPUT_CACHED_IMAGE: Kind.REALTIME,
+    Resource.REALTIME_OUTPUT_TEXT: Kind.REALTIME,
+    Resource.REALTIME_OUTPUT_AUDIO: Kind.REALTIME,
+    Resource.REALTIME_SESSION: Kind.REALTIME,
+    Resource.TRANSCRIPTION_INPUT: Kind.REALTIME,
+    Resource.TRANSCRIPTION_OUTPUT: Kind.REALTIME,
 }
 PHONE_RESOURCES = frozenset(
     {
