@@ -144,6 +144,7 @@ class FakeSTT(stt.STT):
         usage_every: float = 1.0,
         usage_only_at_end: bool = False,
         fail: bool = False,
+        fail_attempts: int = 0,
         report_usage: bool = True,
         model: str = "fake-stt-1",
         provider: str = "fakeprovider",
@@ -154,6 +155,8 @@ class FakeSTT(stt.STT):
         self.usage_every = usage_every
         self.usage_only_at_end = usage_only_at_end
         self.fail = fail
+        self.fail_attempts = fail_attempts  # the first N streams drop with a retryable error
+        self.attempts = 0  # streams (connections) the provider saw
         self._model = model
         self._provider = provider
         self.received = 0.0
@@ -213,10 +216,14 @@ class _FakeRecognizeStream(stt.RecognizeStream):
         fake: FakeSTT = self._stt  # type: ignore[assignment]
         rid = utils.shortuuid("stt-")
         pending = total = 0.0
+        fake.attempts += 1
+        attempt = fake.attempts
         try:
             async for data in self._input_ch:
                 if fake.fail:
                     raise APIConnectionError("fake stt failure", retryable=False)
+                if attempt <= fake.fail_attempts:
+                    raise APIConnectionError("fake stt connection dropped", retryable=True)
                 if isinstance(data, rtc.AudioFrame):
                     pending += data.duration
                     total += data.duration

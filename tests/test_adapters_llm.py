@@ -169,8 +169,15 @@ async def test_fallback_adapter_usage_is_billed_to_the_child_that_served() -> No
         30,
         7,
     )
-    failed = [r for r in meter.records if r.status is not Status.OK]
-    assert failed and {(r.model, r.provider, r.meta["outcome"]) for r in failed} == {("primary-1", "alpha", "error")}
+    # the failed request and the recovery probe of the primary: two estimated usages, each its prompt
+    failed = sorted((r.id, r.raw, r.status, r.meta["outcome"]) for r in meter.records if r.model == "primary-1")
+    prompt = -(-len("Tell me a long story about billing systems please") // 4)
+    assert primary.attempts == 2 and failed == [
+        ("AJ_test/llm-1/llm_input", prompt, Status.ESTIMATED, "error"),
+        ("AJ_test/llm-1/llm_output", 0, Status.ESTIMATED, "error"),
+        ("AJ_test/llm-3/llm_input", prompt, Status.ESTIMATED, "error"),
+        ("AJ_test/llm-3/llm_output", 0, Status.ESTIMATED, "error"),
+    ]
     assert [m.metadata.model_name for m in reemitted if isinstance(m, LLMMetrics)] == ["backup-1"]
 
 

@@ -138,12 +138,17 @@ async def test_fallback_adapter_usage_is_billed_to_the_child_that_served() -> No
     meter = _meter()
     primary = FakeTTS(streaming=False, fail=True, model="primary-tts", provider="alpha")
     backup = FakeTTS(streaming=False, model="backup-tts", provider="beta")
-    model = MeteredTTS(tts.FallbackAdapter([primary, backup], max_retry_per_tts=0), meter=meter)
+    adapter = tts.FallbackAdapter([primary, backup], max_retry_per_tts=0)
+    model = MeteredTTS(adapter, meter=meter)
     await model.synthesize(TEXT).collect()
-    await asyncio.sleep(0.05)
+    probe = adapter._status[0].recovering_synthesize_task  # the recovery probe: a billed request too
+    assert probe is not None
+    await probe
     served = [r for r in meter.records if r.status is Status.OK]
     assert [(r.model, r.provider, r.raw) for r in served] == [("backup-tts", "beta", len(TEXT))]
-    assert {(r.model, r.status) for r in meter.records if r not in served} <= {("primary-tts", Status.ERROR)}
+    # the failed request and its recovery probe, each billed for the text it sent
+    failed = [(r.model, r.provider, r.raw, r.status) for r in meter.records if r not in served]
+    assert failed == [("primary-tts", "alpha", len(TEXT), Status.ERROR)] * 2
 
 
 async def test_broken_exporter_does_not_break_synthesis() -> None:
