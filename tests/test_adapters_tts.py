@@ -179,3 +179,19 @@ async def test_wrapping_a_metered_model_again_does_not_count_twice() -> None:
         pass
     await stream.aclose()
     assert _chars(meter) == inner.received_chars == len(TEXT)
+
+
+class StreamBackedTTS(FakeTTS):
+    """synthesize() built on the model's own stream(), as LiveKit Inference's TTS does."""
+
+    def synthesize(self, text: str, *, conn_options: Any = tts.tts.DEFAULT_API_CONNECT_OPTIONS) -> tts.ChunkedStream:
+        return self._synthesize_with_stream(text, conn_options=conn_options)
+
+
+async def test_synthesize_built_on_the_models_own_stream_is_billed_once() -> None:
+    meter = _meter()
+    inner = StreamBackedTTS(streaming=True)
+    await MeteredTTS(inner, meter=meter).synthesize(TEXT).collect()
+    await asyncio.sleep(0)
+    assert [(r.raw, r.meta["mode"]) for r in meter.records] == [(len(TEXT), "synthesize")]
+    assert inner.received_chars == len(TEXT)
