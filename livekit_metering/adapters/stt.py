@@ -58,8 +58,10 @@ def _stream(model: stt.STT[Any], original: Any) -> Any:
 
 def _recognize(model: stt.STT[Any], original: Any) -> Any:
     async def recognize(buffer: Any, *args: Any, **kwargs: Any) -> stt.SpeechEvent:
-        meter = resolve_meter(metering_of(model).meter)
-        span = Span(meter)
+        meter, span = None, None
+        with never_raises("resolving the meter of an STT request"):
+            meter = resolve_meter(metering_of(model).meter)
+            span = Span(meter)
         status, meta = Status.CANCELLED, Meta(mode="recognize")
         try:
             event: stt.SpeechEvent = await original(buffer, *args, **kwargs)
@@ -71,14 +73,19 @@ def _recognize(model: stt.STT[Any], original: Any) -> Any:
             status, meta["error"] = Status.ERROR, type(exc).__name__
             raise
         finally:
-            with never_raises("recording an STT recognize call"):
-                audio_ms = round(calculate_audio_duration(buffer) * 1000)
-                who = Attribution.of(model, kwargs.get("language"), speech=True)
-                meta["audio_ms"] = audio_ms
-                usage = meter.next_usage("stt")
-                record(meter, Resource.STT, audio_ms, usage=usage, span=span, who=who, status=status, meta=meta)
+            if meter is not None and span is not None:
+                _record_recognize(model, meter, span, buffer, kwargs.get("language"), status, meta)
 
     return recognize
+
+
+def _record_recognize(
+    model: stt.STT[Any], meter: Meter, span: Span, buffer: Any, language: object, status: Status, meta: Meta
+) -> None:
+    with never_raises("recording an STT recognize call"):
+        meta["audio_ms"] = audio_ms = round(calculate_audio_duration(buffer) * 1000)
+        who, usage = Attribution.of(model, language, speech=True), meter.next_usage("stt")
+        record(meter, Resource.STT, audio_ms, usage=usage, span=span, who=who, status=status, meta=meta)
 
 
 HOOKS: Hooks = {"stream": _stream, "recognize": _recognize}
