@@ -143,10 +143,17 @@ class BatchPlan:
             deltas.roll(before, -1)
         deltas.roll(after, +1)
         sid = after.record.session_id
-        delta = deltas.sessions.get(sid)
+        # The agent's figure for a usage a webhook reported first (same id) moves it to the agent's session.
+        moved = before is not None and before.record.session_id != sid
+        self._session(sid).add(after, new_id=before is None or moved)
+        if moved and before is not None:
+            self._session(before.record.session_id).records -= 1
+
+    def _session(self, sid: str) -> SessionDelta:
+        delta = self.deltas.sessions.get(sid)
         if delta is None:
-            delta = deltas.sessions[sid] = SessionDelta(session_id=sid)
-        delta.add(after, new_id=before is None)
+            delta = self.deltas.sessions[sid] = SessionDelta(session_id=sid)
+        return delta
 
 
 def plan_batch(items: Sequence[Stored], existing: Mapping[str, Stored]) -> BatchPlan:
