@@ -31,7 +31,7 @@ from ..records import RESOURCE_BASE_UNIT, BaseUnit, Resource, Status
 from .auth import AuthError, KeyRing
 from .config import Limits
 from .ingest import BadRequest
-from .store.base import Outcome, Store, Stored, epoch_ms, from_ms
+from .store.base import Outcome, Store, Stored, WebhookMark, epoch_ms, from_ms
 from .webhook_usage import PARTICIPANT_RESOURCES, UsageRules, usage_of
 
 __all__ = ["WebhookResult", "Webhooks", "close_record"]
@@ -111,12 +111,20 @@ class Webhooks:
         if event.event in CLOSING_EVENTS:
             targets, end = await self._targets(project, event)
             items += [close_record(stored, end, f"webhook:{event.event}") for stored in targets]
-        items += usage_of(event, self._rules(project))
+        reported = datetime.fromtimestamp(event.created_at, tz=timezone.utc)
+        usage = usage_of(event, self._rules(project))
+        if event.event == "participant_joined" and usage and event.room.sid:
+            # A join delivered after its room finished: closed at the room's end, not left open.
+            finished = await self.store.room_finished_ms(project, event.room.sid)
+            if finished is not None:
+                usage = [close_record(u, from_ms(finished), "webhook:room_finished", flag="no-leave") for u in usage]
+        items += usage
         if event.event == "room_finished" and event.room.sid:
-            reported = datetime.fromtimestamp(event.created_at, tz=timezone.utc)
             for stored in await self.store.open_usages(project, event.room.sid, PARTICIPANT_RESOURCES):
                 items.append(close_record(stored, reported, "webhook:room_finished", flag="no-leave"))
-        outcomes = await self.store.ingest_webhook(project, event.id, event.event, items)
+        finished_room = event.room.sid if event.event == "room_finished" else ""
+        mark = WebhookMark(event.id, event.event, finished_room, epoch_ms(reported))
+        outcomes = await self.store.ingest_webhook(project, mark, items)
         result.duplicate = outcomes is None
         for item, outcome in zip(items, outcomes or [], strict=False):
             if outcome is Outcome.ACCEPTED:
@@ -195,7 +203,9 @@ class Webhooks:
             for project, stored in await self.store.stale_checkpoints(now - joins_after, by_webhook=True, limit=limit):
                 participant = stored.record.resource in PARTICIPANT_RESOURCES
                 cause, flag = ("stale-join", "no-leave") if participant else ("stale", "no-end")
-                found.append((project, close_record(stored, stored.record.end, cause, flag=flag)))
+                # It happened, for an unknown time: at least one increment (1 ms, rounded up).
+                end = max(stored.record.end, stored.record.start + timedelta(milliseconds=1))
+                found.append((project, close_record(stored, end, cause, flag=flag)))
         closed: list[str] = []
         for project in sorted({p for p, _ in found}):
             items = [item for p, item in found if p == project]

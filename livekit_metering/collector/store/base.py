@@ -40,6 +40,7 @@ __all__ = [
     "Store",
     "Stored",
     "UsageRow",
+    "WebhookMark",
     "billable_of",
     "fold",
 ]
@@ -194,6 +195,17 @@ class UsageRow:
 
 
 @dataclass(frozen=True)
+class WebhookMark:
+    """A webhook as remembered: its id (a redelivery has the same), its event, and the room and time
+    it reports (so a join arriving after its room's ``room_finished`` is closed at once)."""
+
+    id: str
+    event: str
+    room_sid: str = ""
+    reported_ms: int = 0
+
+
+@dataclass(frozen=True)
 class ClosedMonth:
     """A month closed for billing: its invoice, or ``number = None`` when nothing was due.
 
@@ -287,11 +299,13 @@ class Store(abc.ABC):
         """Checkpoints of ``resources`` in the room ``room_sid`` (usages still open there)."""
 
     @abc.abstractmethod
-    async def ingest_webhook(
-        self, project: str, event_id: str, event: str, items: Sequence[Stored]
-    ) -> list[Outcome] | None:
-        """Store what one webhook produced and its id (if any) in one durable transaction; None, with
-        nothing stored, when the id was seen before."""
+    async def ingest_webhook(self, project: str, mark: WebhookMark, items: Sequence[Stored]) -> list[Outcome] | None:
+        """Store what one webhook produced and the webhook itself (if it has an id) in one durable
+        transaction; None, with nothing stored, when the id was seen before."""
+
+    @abc.abstractmethod
+    async def room_finished_ms(self, project: str, room_sid: str) -> int | None:
+        """When LiveKit reported the room ``room_sid`` finished (epoch ms), None if it has not."""
 
     @abc.abstractmethod
     async def close_month(self, project: str, month: str, build: Callable[[int], ClosedMonth]) -> ClosedMonth | None:

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from ...records import MeterRecord, Resource
-from .base import ClosedMonth, Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, epoch_ms
+from .base import ClosedMonth, Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, WebhookMark, epoch_ms
 from .batch import plan_batch
 from .queries_sql import MONTH_COLUMNS, closed_month, session_query, session_row, usage_query, usage_row
 from .rows import COLUMNS, NAMES, READ_COLUMNS, record_row, stored_from_row
@@ -65,6 +65,9 @@ MIGRATIONS: list[str] = [
     """,
     # 2: open usages (checkpoints) by room and by age; closed months, their invoices and statements
     """
+    ALTER TABLE webhooks ADD COLUMN room_sid TEXT NOT NULL DEFAULT '';
+    ALTER TABLE webhooks ADD COLUMN reported_ms BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX webhooks_rooms ON webhooks (project, room_sid) WHERE event = 'room_finished';
     CREATE INDEX records_checkpoints ON records (project, room_sid) WHERE status = 'checkpoint';
     CREATE INDEX records_stale ON records (end_ms) WHERE status = 'checkpoint';
     CREATE TABLE invoices (
@@ -187,19 +190,20 @@ class PostgresStore(Store):
             await conn.executemany(_SESSION, plan.deltas.session_rows(project))
         return plan.outcomes
 
-    async def ingest_webhook(
-        self, project: str, event_id: str, event: str, items: Sequence[Stored]
-    ) -> list[Outcome] | None:
+    async def ingest_webhook(self, project: str, mark: WebhookMark, items: Sequence[Stored]) -> list[Outcome] | None:
         for attempt in range(_ATTEMPTS):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    if event_id:
+                    if mark.id:
                         row = await conn.fetchrow(
-                            "INSERT INTO webhooks VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING RETURNING id",
+                            "INSERT INTO webhooks (project, id, event, received_ms, room_sid, reported_ms)"
+                            " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING RETURNING id",
                             project,
-                            event_id,
-                            event,
+                            mark.id,
+                            mark.event,
                             int(time.time() * 1000),
+                            mark.room_sid,
+                            mark.reported_ms,
                         )
                         if row is None:
                             return None
@@ -300,6 +304,14 @@ class PostgresStore(Store):
     async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
         sql, args = usage_query(project, since, until, group_by, "$")
         return [usage_row(tuple(row)) for row in await self.pool.fetch(sql, *args)]
+
+    async def room_finished_ms(self, project: str, room_sid: str) -> int | None:
+        found = await self.pool.fetchval(
+            "SELECT MIN(reported_ms) FROM webhooks WHERE project = $1 AND room_sid = $2 AND event = 'room_finished'",
+            project,
+            room_sid,
+        )
+        return None if found is None else int(found)
 
     async def first_usage_day(self, project: str) -> date | None:
         day = await self.pool.fetchval("SELECT MIN(day) FROM rollup WHERE project = $1 AND dim = ''", project)

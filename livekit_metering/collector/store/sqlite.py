@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from ...records import MeterRecord, Resource
-from .base import ClosedMonth, Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, epoch_ms
+from .base import ClosedMonth, Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, WebhookMark, epoch_ms
 from .batch import BatchPlan, Deltas, plan_batch
 from .queries_sql import MONTH_COLUMNS, closed_month, session_query, session_row, usage_query, usage_row
 from .rows import NAMES, READ_COLUMNS, record_row, stored_from_row
@@ -69,6 +69,9 @@ MIGRATIONS: list[str] = [
     """,
     # 2: open usages (checkpoints) by room and by age; closed months, their invoices and statements
     """
+    ALTER TABLE webhooks ADD COLUMN room_sid TEXT NOT NULL DEFAULT '';
+    ALTER TABLE webhooks ADD COLUMN reported_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX webhooks_rooms ON webhooks (project, room_sid) WHERE event = 'room_finished';
     CREATE INDEX records_checkpoints ON records (project, room_sid) WHERE status = 'checkpoint';
     CREATE INDEX records_stale ON records (end_ms) WHERE status = 'checkpoint';
     CREATE TABLE invoices (
@@ -379,14 +382,13 @@ class SqliteStore(Store):
         again.write(db)
         return again.plan  # its roll-up and session deltas are written once for the whole group
 
-    async def ingest_webhook(
-        self, project: str, event_id: str, event: str, items: Sequence[Stored]
-    ) -> list[Outcome] | None:
+    async def ingest_webhook(self, project: str, mark: WebhookMark, items: Sequence[Stored]) -> list[Outcome] | None:
         async with self._write_lock, self._transaction() as db:
-            if event_id:
+            if mark.id:
                 cur = db.execute(
-                    "INSERT INTO webhooks VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                    (project, event_id, event, int(time.time() * 1000)),
+                    "INSERT INTO webhooks (project, id, event, received_ms, room_sid, reported_ms)"
+                    " VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                    (project, mark.id, mark.event, int(time.time() * 1000), mark.room_sid, mark.reported_ms),
                 )
                 if cur.rowcount != 1:
                     return None
@@ -513,6 +515,16 @@ class SqliteStore(Store):
 
         def read() -> list[UsageRow]:
             return [usage_row(row) for row in self.db.execute(sql, args)]
+
+        return await self._run(read)
+
+    async def room_finished_ms(self, project: str, room_sid: str) -> int | None:
+        def read() -> int | None:
+            row = self.db.execute(
+                "SELECT MIN(reported_ms) FROM webhooks WHERE project = ? AND room_sid = ? AND event = 'room_finished'",
+                (project, room_sid),
+            ).fetchone()
+            return None if row[0] is None else int(row[0])
 
         return await self._run(read)
 
