@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -59,17 +60,34 @@ def usage(rid: str, resource: Resource, raw: int, start: datetime, **fields: Any
 
 OCTOBER = [
     # 5,010 agent session minutes for acme-bikes: 10 past Ship's 5,000 included, at $0.01.
-    usage("AJ_1/session/agent_session", Resource.AGENT_SESSION, 5_010 * 60_000, datetime(2026, 10, 3, tzinfo=UTC),
-          customer="acme-bikes"),  # fmt: skip
+    usage(
+        "AJ_1/session/agent_session",
+        Resource.AGENT_SESSION,
+        5_010 * 60_000,
+        datetime(2026, 10, 3, tzinfo=UTC),
+        customer="acme-bikes",
+    ),
     # 1M characters of LiveKit Inference TTS for globex-labs: $50.00, less Ship's $5.00 of credits.
-    usage("AJ_2/tts-1/tts", Resource.TTS, 1_000_000, datetime(2026, 10, 14, tzinfo=UTC), customer="globex-labs",
-          model="cartesia/sonic-3", provider="livekit"),  # fmt: skip
+    usage(
+        "AJ_2/tts-1/tts",
+        Resource.TTS,
+        1_000_000,
+        datetime(2026, 10, 14, tzinfo=UTC),
+        customer="globex-labs",
+        model="cartesia/sonic-3",
+        provider="livekit",
+    ),
 ]
 # Ship, 2026-10: $50 fee + $0.10 session overage + $50.00 TTS - $5.00 credits + $2.00 toll-free number
 # (the local number is Ship's one free number) = $97.10.
 OCTOBER_TOTAL = Decimal("97.10")
-LATE = usage("AJ_3/session/agent_session", Resource.AGENT_SESSION, 20 * 60_000, datetime(2026, 10, 28, tzinfo=UTC),
-             customer="acme-bikes")  # fmt: skip
+LATE = usage(
+    "AJ_3/session/agent_session",
+    Resource.AGENT_SESSION,
+    20 * 60_000,
+    datetime(2026, 10, 28, tzinfo=UTC),
+    customer="acme-bikes",
+)
 HOBBY = usage("AJ_9/session/agent_session", Resource.AGENT_SESSION, 100 * 60_000, datetime(2026, 10, 7, tzinfo=UTC))
 
 
@@ -114,8 +132,21 @@ async def downloads(http: aiohttp.ClientSession, url: str, number: str) -> dict[
     return out
 
 
+async def cli(*args: str, code: int = 0) -> str:
+    """Run the ``livekit-metering`` command (typer's runner, in a thread: the collector answers on this
+    loop); its output, stderr included."""
+    from typer.testing import CliRunner
+
+    from livekit_metering.cli import app
+
+    env = {"LIVEKIT_API_KEY": TEST_KEY, "LIVEKIT_API_SECRET": TEST_SECRET}
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+    assert result.exit_code == code, (args, result.output)
+    return str(result.output)
+
+
 async def test_months_are_invoiced_once_after_the_grace_period_and_never_change(
-    database: str, http: aiohttp.ClientSession
+    database: str, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     clock = Clock(datetime(2026, 10, 15, 12, tzinfo=UTC))
     options = {"settings": SETTINGS, "clock": clock, "sweep_every": timedelta(milliseconds=50)}
@@ -174,8 +205,12 @@ async def test_months_are_invoiced_once_after_the_grace_period_and_never_change(
         assert (nov["subtotal"], nov["adjustments_total"]) == ("52.00", "0.20")
         [adjustment] = nov["adjustments"]
         assert {k: adjustment[k] for k in ("month", "resource", "unit", "quantity", "amount")} == {
-            "month": "2026-10", "resource": "agent_session", "unit": "minute", "quantity": "20", "amount": "0.20"
-        }  # fmt: skip
+            "month": "2026-10",
+            "resource": "agent_session",
+            "unit": "minute",
+            "quantity": "20",
+            "amount": "0.20",
+        }
         statement = await api(http, url, "/v1/invoices/INV-202611-0002/statements/acme-bikes")
         assert (statement["lines"], statement["total"]) == ([], "0.20")
         assert statement["adjustments"][0]["quantity"] == "20"
@@ -187,6 +222,26 @@ async def test_months_are_invoiced_once_after_the_grace_period_and_never_change(
         assert (december["total"], december["adjustments"]) == ("52.00", 0)
         hobby = await api(http, url, "/v1/invoices", key=HOBBY_KEY, secret=HOBBY_SECRET)
         assert [m["month"] for m in hobby["closed_without_invoice"]] == ["2026-12", "2026-11", "2026-10"]
+
+        # The command line lists, shows and downloads the same documents (from the collector, and
+        # straight from its store).
+        for source in (["--url", url], ["--database", database, "--project", "acme"]):
+            listed_cli = json.loads(await cli("invoices", "list", "--format", "json", *source))
+            assert listed_cli == await api(http, url, "/v1/invoices")
+            shown = await cli("invoices", "show", "INV-202611-0002", *source)
+            assert "adjustment for 2026-10" in shown and "$52.20" in shown
+            for fmt in ("json", "csv", "html"):
+                target = str(tmp_path / f"oct.{fmt}")
+                await cli("invoices", "download", "INV-202610-0001", "--format", fmt, "-o", target, *source)
+                assert (tmp_path / f"oct.{fmt}").read_bytes() == issued[fmt]
+            saved_to = tmp_path / "statement.json"
+            await cli(
+                "invoices", "download", "INV-202611-0002", "--customer", "acme-bikes", "-o", str(saved_to), *source
+            )
+            saved = json.loads(saved_to.read_text())
+            assert saved == statement
+        failed = await cli("invoices", "show", "INV-000000-0000", "--url", url, code=2)
+        assert "404" in failed
 
         # Errors say what is wrong.
         assert (await fetch(http, url, "/v1/invoices/INV-999999-0001"))[0] == 404

@@ -18,8 +18,7 @@ from webhook_month import EXPECTED, MONTH, SETTINGS, Hook, at, build_month
 
 from livekit_metering.collector.settings import parse_settings
 from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, run_collector, sign
-from livekit_metering.records import participant_usage_id, sip_call_id
-from livekit_metering.records import Resource
+from livekit_metering.records import Resource, participant_usage_id, sip_call_id
 
 KEYS = {TEST_KEY: (TEST_SECRET, "acme")}
 REPLAYED_AT = at(31, 23, 0)  # the collector's clock while the month is replayed

@@ -66,7 +66,7 @@ def at(day: int, hh: int, mm: int, ss: float = 0) -> datetime:
 
 
 def _ns(when: datetime) -> int:
-    return int(round(when.timestamp() * 1000)) * 1_000_000
+    return round(when.timestamp() * 1000) * 1_000_000
 
 
 @dataclass
@@ -106,17 +106,21 @@ class Month:
             kind=kind,  # type: ignore[arg-type]
             kind_details=list(details),  # type: ignore[arg-type]
             joined_at=int(joined.timestamp()),
-            joined_at_ms=int(round(joined.timestamp() * 1000)),
+            joined_at_ms=round(joined.timestamp() * 1000),
             attributes=attributes or {},
         )
         the_room = models.Room(sid=f"RM_{room}", name=f"room-{room}")
         if not join_lost:
-            self._add("participant_joined", join_reported or joined, f"{identity} joins", room=the_room, participant=info)
+            self._add(
+                "participant_joined", join_reported or joined, f"{identity} joins", room=the_room, participant=info
+            )
         if left is not None:
             self._add("participant_left", left, f"{identity} leaves", room=the_room, participant=info)
 
     def room_finished(self, room: str, when: datetime) -> None:
-        self._add("room_finished", when, f"room {room} finishes", room=models.Room(sid=f"RM_{room}", name=f"room-{room}"))
+        self._add(
+            "room_finished", when, f"room {room} finishes", room=models.Room(sid=f"RM_{room}", name=f"room-{room}")
+        )
 
     def egress(self, egress_id: str, room: str, started: datetime | None, ended: datetime, **request: Any) -> None:
         def info(status: int, end: datetime | None) -> egress_pb.EgressInfo:
@@ -139,7 +143,9 @@ class Month:
     def ingress(self, ingress_id: str, room: str, started: datetime, ended: datetime) -> None:
         def info(end: datetime | None) -> ingress_pb.IngressInfo:
             state = ingress_pb.IngressState(
-                status=ingress_pb.IngressState.ENDPOINT_PUBLISHING if end is None else ingress_pb.IngressState.ENDPOINT_INACTIVE,
+                status=ingress_pb.IngressState.ENDPOINT_PUBLISHING
+                if end is None
+                else ingress_pb.IngressState.ENDPOINT_INACTIVE,
                 room_id=f"RM_{room}",
                 started_at=_ns(started),
                 ended_at=_ns(end) if end else 0,
@@ -159,27 +165,64 @@ def build_month() -> tuple[list[Hook], list[MeterRecord]]:
     m.participant("A", "PA_bob", "bob", at(5, 10, 0), at(5, 10, 1, 10))
     m.participant("A", "PA_self", "agent-AJ_self", at(5, 10, 0), at(5, 10, 2, 1), kind=Kind.AGENT)
     m.participant(
-        "A", "PA_cloud", "agent-AJ_cloud", at(5, 10, 0), at(5, 10, 3), kind=Kind.AGENT,
+        "A",
+        "PA_cloud",
+        "agent-AJ_cloud",
+        at(5, 10, 0),
+        at(5, 10, 3),
+        kind=Kind.AGENT,
         details=[models.ParticipantInfo.CLOUD_AGENT],
-    )  # fmt: skip
+    )
     m.participant("A", "PA_eg", "EG_rec", at(5, 10, 1), at(5, 10, 4), kind=Kind.EGRESS)
     m.participant("A", "PA_in", "IN_cam", at(5, 10, 1), at(5, 10, 4), kind=Kind.INGRESS)
     m.participant("A", "PA_alice2", "alice", at(5, 10, 5), at(5, 10, 5, 10))
     m.room_finished("A", at(5, 10, 10))
     # Room B: telephony, and carol who never leaves.
     inbound = {"sip.ruleID": "SDR_1", "sip.trunkID": "ST_1", "sip.callID": "SCL_1"}
-    m.participant("B", "PA_sip1", "caller-1", at(12, 11, 0), at(12, 11, 1, 1), kind=Kind.SIP,
-                  attributes={**inbound, "sip.trunkPhoneNumber": LOCAL})  # fmt: skip
-    m.participant("B", "PA_sip2", "caller-2", at(12, 11, 10), at(12, 11, 10, 30), kind=Kind.SIP,
-                  attributes={**inbound, "sip.trunkPhoneNumber": TOLL_FREE})  # fmt: skip
-    m.participant("B", "PA_sip3", "callee-3", at(12, 11, 20), at(12, 11, 23, 20), kind=Kind.SIP,
-                  attributes={"sip.trunkID": "ST_out", "sip.trunkPhoneNumber": LOCAL, "sip.phoneNumber": "+15551234567"})  # fmt: skip
+    m.participant(
+        "B",
+        "PA_sip1",
+        "caller-1",
+        at(12, 11, 0),
+        at(12, 11, 1, 1),
+        kind=Kind.SIP,
+        attributes={**inbound, "sip.trunkPhoneNumber": LOCAL},
+    )
+    m.participant(
+        "B",
+        "PA_sip2",
+        "caller-2",
+        at(12, 11, 10),
+        at(12, 11, 10, 30),
+        kind=Kind.SIP,
+        attributes={**inbound, "sip.trunkPhoneNumber": TOLL_FREE},
+    )
+    m.participant(
+        "B",
+        "PA_sip3",
+        "callee-3",
+        at(12, 11, 20),
+        at(12, 11, 23, 20),
+        kind=Kind.SIP,
+        attributes={"sip.trunkID": "ST_out", "sip.trunkPhoneNumber": LOCAL, "sip.phoneNumber": "+15551234567"},
+    )
     m.participant("B", "PA_carol", "carol", at(12, 14, 0), None)
     m.room_finished("B", at(12, 14, 20, 30))
     # Room C: egress and ingress.
-    m.egress("EG_video", "C", at(20, 12, 0), at(20, 12, 3, 10), room_composite=egress_pb.RoomCompositeEgressRequest(room_name="room-C"))
-    m.egress("EG_audio", "C", at(20, 12, 10), at(20, 12, 10, 45),
-             room_composite=egress_pb.RoomCompositeEgressRequest(room_name="room-C", audio_only=True))  # fmt: skip
+    m.egress(
+        "EG_video",
+        "C",
+        at(20, 12, 0),
+        at(20, 12, 3, 10),
+        room_composite=egress_pb.RoomCompositeEgressRequest(room_name="room-C"),
+    )
+    m.egress(
+        "EG_audio",
+        "C",
+        at(20, 12, 10),
+        at(20, 12, 10, 45),
+        room_composite=egress_pb.RoomCompositeEgressRequest(room_name="room-C", audio_only=True),
+    )
     m.egress("EG_track", "C", at(20, 12, 20), at(20, 12, 21, 1), track=egress_pb.TrackEgressRequest(room_name="room-C"))
     m.egress("EG_failed", "C", None, at(20, 12, 30), web=egress_pb.WebEgressRequest(url="https://example.com"))
     m.ingress("IN_1", "C", at(20, 13, 0), at(20, 13, 3, 10))
