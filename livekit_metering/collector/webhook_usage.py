@@ -92,6 +92,8 @@ def _participant(event: Any, rules: UsageRules, reported_ms: int) -> list[Stored
     meta["opened_by" if opening else "closed_by"] = f"webhook:{event.event}"
     is_agent = p.kind == _Kind.AGENT and p.identity.startswith("agent-") and len(p.identity) > len("agent-")
     session = p.identity[len("agent-") :] if is_agent else _room_session(room.sid, room.name)
+    if p.kind == _Kind.AGENT and models.ParticipantInfo.CLOUD_AGENT not in p.kind_details:
+        meta["session_time"] = True  # a self-hosted agent's connection is its session time
     return [
         _record(
             rules,

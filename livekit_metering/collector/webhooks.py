@@ -27,11 +27,11 @@ from livekit import api
 from livekit.protocol import models
 
 from ..rates import get_policy
-from ..records import RESOURCE_BASE_UNIT, BaseUnit, Resource, Status
+from ..records import RESOURCE_BASE_UNIT, BaseUnit, Status
 from .auth import AuthError, KeyRing
 from .config import Limits
 from .ingest import BadRequest
-from .store.base import Outcome, Store, Stored, WebhookMark, epoch_ms, from_ms
+from .store.base import Outcome, Store, Stored, WebhookMark, epoch_ms, from_ms, is_session_time
 from .webhook_usage import PARTICIPANT_RESOURCES, UsageRules, usage_of
 
 __all__ = ["WebhookResult", "Webhooks", "close_record"]
@@ -128,8 +128,9 @@ class Webhooks:
         result.duplicate = outcomes is None
         for item, outcome in zip(items, outcomes or [], strict=False):
             if outcome is Outcome.ACCEPTED:
-                if item.record.resource is Resource.AGENT_SESSION:
-                    result.closed.append(item.record.session_id)
+                if is_session_time(item.record):
+                    if item.record.session_id not in result.closed:
+                        result.closed.append(item.record.session_id)
                 else:
                     result.usage.append(item.record.id)
         log.info(
@@ -195,10 +196,14 @@ class Webhooks:
         checkpoint's end; and, when ``joins_after`` is given, usages a webhook opened (a join, an egress
         or ingress start) whose end never came within that long, at the last time seen, flagged.
         Returns the sessions of what was closed."""
+        # The agent's session time ends at its last checkpoint; any other usage it left open (a call that
+        # went on after the agent left, a stream) is closed there too, flagged, so a webhook LiveKit sends
+        # later for it still replaces the guess.
         found = [
-            (project, close_record(stored, stored.record.end, "stale-checkpoint"))
+            (project, close_record(stored, stored.record.end, "stale-checkpoint",
+                                   flag="" if is_session_time(stored.record) else "no-end"))
             for project, stored in await self.store.stale_checkpoints(now - after, by_webhook=False, limit=limit)
-        ]
+        ]  # fmt: skip
         if joins_after is not None:
             for project, stored in await self.store.stale_checkpoints(now - joins_after, by_webhook=True, limit=limit):
                 participant = stored.record.resource in PARTICIPANT_RESOURCES

@@ -116,6 +116,17 @@ def _incoming_wins(stored: Stored, incoming: Stored) -> bool | None:
     return None
 
 
+_LABELS = ("session_id", "customer", "agent_name", "worker_id")
+
+
+def _keep_labels(stored: Stored, incoming: Stored) -> Stored:
+    """A webhook form of a usage the agent reported keeps the agent's session and labels (only the agent
+    knows its job and customer); the figures are the webhook's."""
+    old, new = stored.record, incoming.record
+    update = {k: getattr(old, k) for k in _LABELS if getattr(old, k) and getattr(old, k) != getattr(new, k)}
+    return Stored(new.model_copy(update=update), by_webhook=True) if update else incoming
+
+
 def fold(stored: Stored | None, incoming: Sequence[Stored]) -> tuple[list[Outcome], Stored | None]:
     """Apply ``incoming`` (same id, in arrival order) to ``stored``; return each outcome and the end state."""
     outcomes: list[Outcome] = []
@@ -125,6 +136,8 @@ def fold(stored: Stored | None, incoming: Sequence[Stored]) -> tuple[list[Outcom
             current = item
             outcomes.append(Outcome.ACCEPTED)
             continue
+        if item.by_webhook:
+            item = _keep_labels(current, item)
         wins = _incoming_wins(current, item)
         if wins is None:
             outcomes.append(Outcome.CONFLICT)
@@ -254,10 +267,16 @@ class SessionRow:
         return Decimal(self.agent_billable) / UNIT_SIZE[Unit.MINUTE]
 
 
+def is_session_time(record: MeterRecord) -> bool:
+    """The record of the agent's own time in its session: ``agent_session`` (deployed to LiveKit Cloud),
+    or a self-hosted agent's ``connection`` record marked ``meta.session_time``."""
+    return record.resource is Resource.AGENT_SESSION or record.meta.get("session_time") is True
+
+
 def session_fields(record: MeterRecord) -> dict[str, Any]:
-    """What one stored record says about its session (the agent_session record decides state)."""
+    """What one stored record says about its session (the session time record decides state)."""
     out: dict[str, Any] = {}
-    if record.resource is Resource.AGENT_SESSION:
+    if is_session_time(record):
         out["closed"] = record.is_final
         cause = record.meta.get("closed_by") or record.meta.get("end_cause") or record.meta.get("reason") or ""
         out["end_cause"] = str(cause) if record.is_final else ""

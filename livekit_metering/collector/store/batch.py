@@ -8,8 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...records import Resource
-from .base import Outcome, Stored, fold, rollup_keys, session_fields
+from .base import Outcome, Stored, fold, is_session_time, rollup_keys, session_fields
 
 __all__ = ["BatchPlan", "Deltas", "plan_batch"]
 
@@ -44,7 +43,7 @@ class SessionDelta:
             self.end_ms = item.end_ms
         if new_id:
             self.records += 1
-        if r.resource is Resource.AGENT_SESSION:
+        if is_session_time(r):
             fields = session_fields(r)
             self.has_agent = True
             self.closed = fields["closed"]
