@@ -77,9 +77,10 @@ async def test_a_month_of_webhooks_meters_every_usage_once_rounded_on_its_own(
         rng.shuffle(hooks)
     settings = parse_settings(SETTINGS)
     async with run_collector(database, KEYS, settings=settings, clock=Clock(REPLAYED_AT)) as url:
-        half = len(hooks) // 2
+        # The agents' own records arrive first (as sent), or in the middle of the shuffled webhooks.
+        half = 0 if order == "as_sent" else len(hooks) // 2
         answers = [await deliver(http, url, hook) for hook in hooks[:half]]
-        status, doc = await post(http, url, body_of(own))  # the agents' own records, mid-replay
+        status, doc = await post(http, url, body_of(own))
         assert status == 200 and {r["status"] for r in doc["results"]} == {"accepted"}
         answers += [await deliver(http, url, hook) for hook in hooks[half:]]
         assert sum(a["duplicate"] for a in answers) == (12 if order != "as_sent" else 0)
@@ -326,3 +327,27 @@ async def test_a_self_hosted_agents_session_time_record_decides_its_session(
         await deliver(http, url, m.hooks[0])  # the crashed agent's participant leaves: LiveKit closes it
         [row] = (await api(http, url, "/v1/sessions"))["sessions"]
         assert (row["state"], row["billed_minutes"]) == ("closed", "2")
+
+
+async def test_the_agents_figure_arriving_after_the_webhooks_moves_the_usage_to_its_session(
+    database: str, http: aiohttp.ClientSession
+) -> None:
+    from livekit.protocol import models
+    from webhook_month import Month
+
+    from livekit_metering.rates import get_policy
+
+    m = Month()
+    m.participant("M", "PA_c", "caller", at(5, 10, 0), at(5, 10, 1, 1), kind=models.ParticipantInfo.Kind.SIP)
+    seen = get_policy().record(
+        id=sip_call_id("RM_M", "PA_c"), session_id="AJ_m", resource=Resource.SIP_TRUNK, raw=61_000,
+        start=at(5, 10, 0), end=at(5, 10, 1, 1), room_sid="RM_M", customer="acme-bikes",
+    )  # fmt: skip
+    async with run_collector(database, KEYS, clock=Clock(REPLAYED_AT)) as url:
+        for hook in m.hooks:
+            await deliver(http, url, hook)
+        assert (await post(http, url, body_of([seen])))[1]["results"][0]["status"] == "accepted"
+        sessions = {s["session_id"]: s["records"] for s in (await api(http, url, "/v1/sessions"))["sessions"]}
+        assert sessions == {"AJ_m": 1, "room:RM_M": 0}
+        [record] = (await records_of(http, url, "AJ_m")).values()
+        assert (record["customer"], record["quantity"]) == ("acme-bikes", "2")

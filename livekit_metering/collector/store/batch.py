@@ -143,9 +143,15 @@ class BatchPlan:
         deltas.roll(after, +1)
         sid = after.record.session_id
         # The agent's figure for a usage a webhook reported first (same id) moves it to the agent's session.
-        moved = before is not None and before.record.session_id != sid
-        self._session(sid).add(after, new_id=before is None or moved)
-        if moved and before is not None:
+        delta = deltas.sessions.get(sid)
+        if delta is None:
+            delta = deltas.sessions[sid] = SessionDelta(session_id=sid)
+        if before is None:
+            delta.add(after, new_id=True)
+            return
+        moved = before.record.session_id != sid
+        delta.add(after, new_id=moved)
+        if moved:
             self._session(before.record.session_id).records -= 1
 
     def _session(self, sid: str) -> SessionDelta:
