@@ -219,7 +219,7 @@ async def test_months_are_invoiced_once_after_the_grace_period_and_never_change(
         # A third month: October's late minutes were billed once, they do not come back.
         clock.now = datetime(2027, 1, 2, 0, 0, 1, tzinfo=UTC)
         december = (await settle(http, url, 3))["invoices"][0]
-        assert (december["total"], december["adjustments"]) == ("52.00", 0)
+        assert (december["total"], december["adjustments"], december["statements"]) == ("52.00", 0, [])
         hobby = await api(http, url, "/v1/invoices", key=HOBBY_KEY, secret=HOBBY_SECRET)
         assert [m["month"] for m in hobby["closed_without_invoice"]] == ["2026-12", "2026-11", "2026-10"]
 
