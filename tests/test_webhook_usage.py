@@ -351,3 +351,25 @@ async def test_the_agents_figure_arriving_after_the_webhooks_moves_the_usage_to_
         assert sessions == {"AJ_m": 1, "room:RM_M": 0}
         [record] = (await records_of(http, url, "AJ_m")).values()
         assert (record["customer"], record["quantity"]) == ("acme-bikes", "2")
+
+
+def test_times_in_a_webhook_are_bounded_by_when_it_was_sent() -> None:
+    from livekit.protocol import egress as eg
+
+    from livekit_metering.collector.webhook_usage import UsageRules, usage_of
+    from livekit_metering.rates import get_policy
+
+    sent = at(5, 10, 1)
+    info = eg.EgressInfo(
+        egress_id="EG_x", room_id="RM_1", started_at=int(at(5, 10, 0).timestamp()) * 10**9, ended_at=2**63 - 1,
+        track=eg.TrackEgressRequest(),
+    )  # fmt: skip
+    [usage] = usage_of(event_of("egress_ended", egress_info=info), UsageRules(get_policy()))
+    assert usage.record.end == sent + timedelta(minutes=5)  # not the year 2262
+    assert (
+        usage_of(
+            event_of("egress_ended", egress_info=eg.EgressInfo(egress_id="EG_y", started_at=-5)),
+            UsageRules(get_policy()),
+        )
+        == []
+    )

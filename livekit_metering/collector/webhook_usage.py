@@ -45,6 +45,7 @@ PARTICIPANT_RESOURCES = (
 )
 _OPENING = ("participant_joined", "egress_started", "egress_updated", "ingress_started")
 _EARLIEST_MS = 946_684_800_000  # 2000-01-01: an earlier time in a webhook is a missing one
+_SKEW_MS = 5 * 60_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def _participant(event: Any, rules: UsageRules, reported_ms: int) -> list[Stored
             resource=resource,
             start_ms=joined_ms,
             end_ms=max(joined_ms, reported_ms),
+            reported_ms=reported_ms,
             final=not opening,
             room=room.name,
             room_sid=room.sid,
@@ -136,6 +138,7 @@ def _egress(event: Any, rules: UsageRules, reported_ms: int) -> list[Stored]:
             resource=egress_resource(info),
             start_ms=started_ms,
             end_ms=max(started_ms, end_ms),
+            reported_ms=reported_ms,
             final=not opening,
             room=info.room_name,
             room_sid=info.room_id,
@@ -167,6 +170,7 @@ def _ingress(event: Any, rules: UsageRules, reported_ms: int) -> list[Stored]:
             resource=Resource.STREAM_IMPORT,
             start_ms=started_ms,
             end_ms=max(started_ms, end_ms),
+            reported_ms=reported_ms,
             final=not opening,
             room=info.room_name,
             room_sid=state.room_id,
@@ -204,10 +208,15 @@ def _record(
     resource: Resource,
     start_ms: int,
     end_ms: int,
+    reported_ms: int,
     final: bool,
     meta: dict[str, str | int | bool],
     **fields: str,
 ) -> Stored:
+    # Times in a webhook are bounded by when it was sent (itself checked against the clock): a usage
+    # cannot end after it was reported (a little clock skew aside), nor start before it ends.
+    end_ms = min(end_ms, reported_ms + _SKEW_MS)
+    start_ms = min(start_ms, end_ms)
     record = rules.policy.record(
         id=rid,
         session_id=session[:256],
