@@ -98,10 +98,11 @@ async def test_a_month_of_webhooks_meters_every_usage_once_rounded_on_its_own(
         }
         # The self-hosted agent: the webhook said 121 s (3 minutes), its own figure (119.6 s) wins.
         [mine] = (await records_of(http, url, "AJ_self")).values()
-        assert (mine["raw"], mine["quantity"], mine["meta"]) == (119_600, "2", {"end_cause": "shutdown"})
+        assert (mine["raw"], mine["quantity"], mine["meta"]["end_cause"]) == (119_600, "2", "shutdown")
         # Stored once, in the agent's session: the room's webhook session no longer counts it.
         sessions = {s["session_id"]: s for s in (await api(http, url, "/v1/sessions", limit="100"))["sessions"]}
         assert (sessions["room:RM_A"]["records"], sessions["AJ_self"]["records"]) == (3, 1)
+        assert (sessions["room:RM_A"]["state"], sessions["AJ_self"]["state"]) == ("usage", "closed")
         # The Cloud-deployed agent bills agent session minutes only.
         assert {r["resource"] for r in (await records_of(http, url, "AJ_cloud")).values()} == {"agent_session"}
 

@@ -242,7 +242,7 @@ def build_month() -> tuple[list[Hook], list[MeterRecord]]:
         room="room-A",
         room_sid="RM_A",
         agent_name="support",
-        meta={"end_cause": "shutdown"},
+        meta={"end_cause": "shutdown", "session_time": True},  # a self-hosted agent's session time
     )
     cloud_session = policy.record(
         id="AJ_cloud/session/agent_session",

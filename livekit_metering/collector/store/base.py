@@ -259,6 +259,7 @@ class SessionRow:
     agent_unit: str
     records: int
     extra: dict[str, Any] = field(default_factory=dict)
+    has_agent: bool = True  # False: no session time record (a room's usage from webhooks, say)
 
     @property
     def billed_minutes(self) -> Decimal:

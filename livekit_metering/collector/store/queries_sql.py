@@ -21,7 +21,7 @@ def closed_month(row: Sequence[Any], statements: Mapping[str, str] | None = None
 
 SESSION_COLS = (
     "session_id, room, room_sid, agent_name, customer, start_ms, end_ms, closed, end_cause,"
-    " agent_billable, agent_unit, records"
+    " agent_billable, agent_unit, records, has_agent"
 )
 
 
@@ -64,6 +64,7 @@ def session_row(row: Sequence[Any]) -> SessionRow:
         agent_billable=int(row[9]),
         agent_unit=row[10],
         records=int(row[11]),
+        has_agent=bool(row[12]),
     )
 
 
