@@ -266,3 +266,12 @@ async def test_closing_a_month_from_two_collectors_at_once_issues_one_invoice(da
         assert await first.billing.close("acme", "2026-10", now) is None  # and again: nothing
         months = await two.closed_months("acme")
         assert [(m.month, m.number, m.total) for m in months] == [("2026-10", "INV-202610-0001", "97.10")]
+
+
+def test_every_api_route_is_in_the_openapi_description() -> None:
+    from livekit_metering.collector.app import create_app
+    from livekit_metering.collector.openapi import openapi_spec
+
+    routes = {r.canonical for r in create_app().router.resources() if r.canonical.startswith("/v1/")}
+    assert {"/v1/invoices", "/v1/invoices/{number}", "/v1/invoices/{number}/statements/{customer}"} <= routes
+    assert routes <= set(openapi_spec()["paths"])
