@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 
 import aiohttp
 from livekit import api
@@ -47,6 +47,7 @@ class PhoneBook:
     refresh_every: float = 600.0
     _read: dict[str, tuple[PhoneNumber, ...]] = field(default_factory=dict)
     _read_at: dict[str, float] = field(default_factory=dict)
+    _written: set[tuple[str, str, str, tuple[PhoneNumber, ...]]] = field(default_factory=set)
 
     def numbers(self, project: str) -> tuple[PhoneNumber, ...]:
         configured = self.settings.project(project).numbers
@@ -72,9 +73,15 @@ class PhoneBook:
             log.warning("cannot read SIP dispatch rules", extra={"project": project, "error": str(exc)})
 
     async def write_rentals(self, store: Store, project: str, month: str, policy: RatePolicy) -> int:
-        """Store the month's rental records (idempotent); returns how many were new."""
-        items = rental_records(self.numbers(project), month, policy)
+        """Store the month's rental records (idempotent); returns how many were new. The same numbers
+        are written once per month by this process (the sweep asks every minute)."""
+        numbers = self.numbers(project)
+        done = (project, month, policy.id, numbers)
+        if done in self._written:
+            return 0
+        items = rental_records(numbers, month, policy)
         outcomes = await store.ingest(project, items) if items else []
+        self._written.add(done)
         return sum(1 for o in outcomes if o.value == "accepted")
 
 
@@ -124,6 +131,3 @@ def rental_records(numbers: tuple[PhoneNumber, ...], month: str, policy: RatePol
         out.append(Stored(record, by_webhook=True))
     return out
 
-
-def _today() -> date:
-    return datetime.now(timezone.utc).date()
