@@ -130,4 +130,3 @@ def rental_records(numbers: tuple[PhoneNumber, ...], month: str, policy: RatePol
         )
         out.append(Stored(record, by_webhook=True))
     return out
-
