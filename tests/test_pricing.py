@@ -15,7 +15,9 @@ from livekit_metering.records import Resource, Status
 
 BOOK = PriceBook.bundled()
 NOV = datetime(2026, 11, 10, 12, tzinfo=timezone.utc)
-INFERENCE = {Resource.STT, Resource.LLM_INPUT, Resource.LLM_INPUT_CACHED, Resource.LLM_OUTPUT, Resource.TTS}
+INFERENCE = {Resource.STT, Resource.LLM_INPUT, Resource.LLM_INPUT_CACHED, Resource.LLM_OUTPUT, Resource.TTS} | {
+    r for r in Resource if r.value.startswith(("realtime_", "transcription_"))  # priced per model too
+}
 
 
 # -- bundled data ---------------------------------------------------------------------------------
