@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -60,7 +61,7 @@ ESTIMATE_METHOD = (
 _TIME_BILLED_PREFIXES = ("xai/", "grok")
 
 
-def _session(time_billed: Any) -> Any:
+def _session(time_billed: Callable[[Any], bool]) -> Callable[[Any, Any], Any]:
     def make(model: Any, original: Any) -> Any:
         def session(*args: Any, **kwargs: Any) -> Any:
             opened = _open(model)
