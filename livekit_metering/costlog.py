@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from .records import UNIT_SIZE, MeterRecord, Resource, Unit, latest_forms
+from .records import REALTIME_RESOURCES, UNIT_SIZE, MeterRecord, Resource, Unit, latest_forms
 
 __all__ = ["SessionSummary", "cost_line", "log_summary", "summarize"]
 
@@ -25,7 +25,6 @@ logger = logging.getLogger("livekit_metering")
 
 Money = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 _MINUTE_MS = UNIT_SIZE[Unit.MINUTE]
-_REALTIME = frozenset(r for r in Resource if r.value.startswith(("realtime_", "transcription_")))
 
 
 class SessionSummary(BaseModel):
@@ -99,7 +98,7 @@ def summarize(
             fields["llm_output_tokens"] = fields.get("llm_output_tokens", 0) + record.raw
         elif record.resource is Resource.TTS:
             fields["tts_characters"] = fields.get("tts_characters", 0) + record.raw
-        elif record.resource in _REALTIME:
+        elif record.resource in REALTIME_RESOURCES:
             realtime = fields.setdefault("realtime", {})
             realtime[record.resource.value] = realtime.get(record.resource.value, Decimal(0)) + record.quantity
     fields["billed_minutes"] = _exact_or_rounded(Decimal(billed_ms) / _MINUTE_MS)

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "REALTIME_RESOURCES",
     "RESOURCE_BASE_UNIT",
     "UNIT_BASE",
     "UNIT_SIZE",
@@ -83,6 +84,10 @@ class Resource(str, Enum):
     REALTIME_SESSION = "realtime_session"
     TRANSCRIPTION_INPUT = "transcription_input"  # input-audio transcription billed apart, by tokens
     TRANSCRIPTION_OUTPUT = "transcription_output"
+
+
+# what a realtime (speech-to-speech) model's usage is recorded as
+REALTIME_RESOURCES = frozenset(r for r in Resource if r.name.startswith(("REALTIME_", "TRANSCRIPTION_")))
 
 
 class BaseUnit(str, Enum):

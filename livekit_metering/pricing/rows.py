@@ -7,7 +7,7 @@ from datetime import date
 from decimal import Decimal, localcontext
 from enum import Enum
 
-from ..records import BaseUnit, Resource
+from ..records import REALTIME_RESOURCES, BaseUnit, Resource
 
 __all__ = [
     "INFERENCE_RESOURCES",
@@ -37,17 +37,7 @@ INFERENCE_RESOURCES: dict[Resource, Kind] = {
     Resource.LLM_INPUT_CACHED: Kind.LLM,
     Resource.LLM_OUTPUT: Kind.LLM,
     Resource.TTS: Kind.TTS,
-    Resource.REALTIME_INPUT_TEXT: Kind.REALTIME,
-    Resource.REALTIME_INPUT_AUDIO: Kind.REALTIME,
-    Resource.REALTIME_INPUT_IMAGE: Kind.REALTIME,
-    Resource.REALTIME_INPUT_CACHED_TEXT: Kind.REALTIME,
-    Resource.REALTIME_INPUT_CACHED_AUDIO: Kind.REALTIME,
-    Resource.REALTIME_INPUT_CACHED_IMAGE: Kind.REALTIME,
-    Resource.REALTIME_OUTPUT_TEXT: Kind.REALTIME,
-    Resource.REALTIME_OUTPUT_AUDIO: Kind.REALTIME,
-    Resource.REALTIME_SESSION: Kind.REALTIME,
-    Resource.TRANSCRIPTION_INPUT: Kind.REALTIME,
-    Resource.TRANSCRIPTION_OUTPUT: Kind.REALTIME,
+    **dict.fromkeys(sorted(REALTIME_RESOURCES, key=list(Resource).index), Kind.REALTIME),
 }
 PHONE_RESOURCES = frozenset(
     {
