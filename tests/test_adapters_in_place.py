@@ -186,10 +186,6 @@ async def test_a_request_that_cannot_be_observed_is_returned_untouched_and_said_
     assert meter.records == [] and "cannot meter requests of DuckLLM" in caplog.text
 
 
-class Slotted(lk_tts.TTS):  # type: ignore[misc]
-    __slots__ = ("_capabilities", "_conn_options", "_events", "_label", "_num_channels", "_sample_rate")
-
-
 def test_what_cannot_be_metered_in_place_fails_when_it_is_metered() -> None:
     with pytest.raises(TypeError, match=r"MeteredSTT\(\) meters an stt.STT, not FakeLLM"):
         MeteredSTT(FakeLLM())  # type: ignore[arg-type]
