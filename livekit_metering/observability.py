@@ -218,7 +218,7 @@ class Observability(SessionUsage):
         if not (self._options().get("audio") and getattr(report, "audio_recording_path", None) and started):
             return None
         start = datetime.fromtimestamp(float(started), tz=timezone.utc)
-        return start, max(0, round(float(duration or 0) * 1000))
+        return start, max(0, int(float(duration or 0) * 1000))  # as livekit-agents writes it in the upload
 
     # -- records --------------------------------------------------------------------------------------
 
