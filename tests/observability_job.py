@@ -16,12 +16,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import jobproc  # noqa: E402
-from livekit.agents import Agent, AgentSession, JobContext  # noqa: E402
+from harness import jobproc
+from livekit.agents import Agent, AgentSession, JobContext
 
-from livekit_metering.adapters import MeteredLLM, MeteredSTT, MeteredTTS  # noqa: E402
-from livekit_metering.entrypoint import metered  # noqa: E402
-from livekit_metering.scripted import (  # noqa: E402
+from livekit_metering.adapters import MeteredLLM, MeteredSTT, MeteredTTS
+from livekit_metering.entrypoint import metered
+from livekit_metering.scripted import (
     FakeAudioInput,
     FakeAudioOutput,
     ScriptedLLM,

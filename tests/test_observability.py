@@ -16,8 +16,8 @@ import json
 import math
 import os
 import sys
-from collections import Counter
 from asyncio.subprocess import PIPE, STDOUT
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 

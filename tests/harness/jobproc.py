@@ -14,13 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from livekit import rtc
-from livekit.rtc._proto import stats_pb2 as stats_pb
 from livekit.agents import utils
 from livekit.agents.ipc import job_proc_lazy_main as jplm
 from livekit.agents.ipc import proto
 from livekit.agents.job import JobAcceptArguments, JobExecutorType, JobProcess, RunningJobInfo
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models
+from livekit.rtc._proto import stats_pb2 as stats_pb
 
 JOB_ID = "AJ_test1"
 ROOM = "room-1"
