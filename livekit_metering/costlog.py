@@ -198,7 +198,7 @@ def cost_line(summary: SessionSummary) -> str:
     # The room's usage, where there is some (so a plain session's line stays as short as it was).
     for name in _ROOM_FIELDS.values():
         value = getattr(summary, name)
-        key = f"{name}={format(value, 'f')}"
+        key = f"{name}={value if isinstance(value, int) else format(value, 'f')}"
         if value and key not in parts:
             parts.append(key)
     if summary.hosting:

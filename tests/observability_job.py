@@ -10,6 +10,7 @@ or ``project`` (no ``record``: the project's setting, ``job.enable_recording``, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,4 +85,9 @@ async def main(out: Path, record: str, job_id: str) -> None:
 
 
 if __name__ == "__main__":
+    # the session's cost line on stdout, for the test to read
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setLevel(logging.INFO)
+    logging.getLogger("livekit_metering").addHandler(handler)
+    logging.getLogger("livekit_metering").setLevel(logging.INFO)
     asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3]))

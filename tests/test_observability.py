@@ -57,6 +57,7 @@ RUNS = {"project": "AJ_obs_project", "off": "AJ_obs_off", "traces-off": "AJ_obs_
 class Runs:
     received: CloudReceived
     records: dict[str, list[MeterRecord]]
+    output: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +124,14 @@ async def _run_all(directory: Path) -> Runs:
         done = await asyncio.gather(*(_session(directory, url, record, job) for record, job in RUNS.items()))
     finally:
         await runner.cleanup()
-    return Runs(received=got, records=dict(zip(RUNS, done, strict=True)))
+    return Runs(
+        received=got,
+        records={record: records for record, (records, _) in zip(RUNS, done, strict=True)},
+        output={record: output for record, (_, output) in zip(RUNS, done, strict=True)},
+    )
 
 
-async def _session(directory: Path, url: str, record: str, job_id: str) -> list[MeterRecord]:
+async def _session(directory: Path, url: str, record: str, job_id: str) -> tuple[list[MeterRecord], str]:
     out = directory / f"records-{record}.jsonl"
     env = {
         **os.environ,
@@ -139,8 +144,9 @@ async def _session(directory: Path, url: str, record: str, job_id: str) -> list[
         sys.executable, str(JOB), str(out), record, job_id, env=env, stdout=PIPE, stderr=STDOUT
     )
     output, _ = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, output.decode(errors="replace")[-4000:]
-    return read_records(out)
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    return read_records(out), text
 
 
 def one(records: list[MeterRecord], resource: Resource) -> MeterRecord:
@@ -166,6 +172,10 @@ def test_recording_on_bills_one_event_per_item_exported_and_the_recorded_audio_i
     assert audio.raw == header.duration > 0  # the duration livekit-agents uploads with the recording, in ms
     assert audio.quantity == math.ceil(header.duration / 60_000)  # whole minutes, rounded up
     assert round(audio.start.timestamp() * 1000) == header.start_time.ToMilliseconds()
+
+    # the cost line waits for the job runner's last flush, so it shows the final count
+    (line,) = [ln for ln in runs.output["project"].splitlines() if ln.startswith(f"session {job} ")]
+    assert f"observability_events={events.raw} " in line and f"recorded_audio_minutes={audio.quantity} " in line
 
 
 def test_record_false_bills_no_observability(runs: Runs) -> None:
