@@ -603,7 +603,8 @@ class _JobHooks:
         calls = SipCalls(meter, room, livekit_numbers=self.options.resolved_phone_numbers())
         meter.add_usage(calls)
         calls.start()
-        if meter.hosting is not Hosting.CLOUD:  # a Cloud-deployed agent's own traffic is not billed as data transfer
+        # A Cloud-deployed agent's own traffic is not billed as data transfer; a console job has no transport.
+        if meter.hosting is not Hosting.CLOUD and not self.ctx.is_fake_job():
             data = DataTransfer(meter, room)
             meter.add_usage(data)
             data.sample_before_disconnect()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ __all__ = [
     "attach_preview",
     "maybe_attach_preview",
     "preview_enabled",
+    "render_comparison",
     "render_summary",
     "summary_lines",
 ]
@@ -219,6 +220,48 @@ def render_summary(records: Iterable[MeterRecord], book: PriceBook, plan: str = 
         )
     table.add_section()
     table.add_row("[bold]Total[/]", "", "", "", "", f"[bold]{usd(total)}[/]" + (" +unpriced" if unpriced else ""))
+    table.caption = "Each usage is rounded up to its increment before summing; included plan quotas are not deducted."
+    return table
+
+
+def render_comparison(runs: Mapping[str, Iterable[MeterRecord]], book: PriceBook, plan: str = "ship") -> Table:
+    """Several sessions' cost previews side by side (the demo's deployed and self-hosted calls): per
+    resource and model, each session's billable amount and cost, then each session's total."""
+    from rich.table import Table
+
+    table = Table(title=f"Session cost preview (LiveKit {plan} plan list prices)", title_justify="left")
+    table.add_column("resource")
+    table.add_column("model")
+    for name in runs:
+        table.add_column(name, justify="right")
+    columns = {name: summary_lines(records, book, plan) for name, records in runs.items()}
+    order: list[tuple[Resource, str, Unit, bool]] = []
+    cells: dict[tuple[Resource, str, Unit, bool], dict[str, SummaryLine]] = {}
+    for name, lines in columns.items():
+        for line in lines:
+            key = (line.resource, line.model, line.unit, line.billed_by_livekit)
+            if key not in cells:
+                order.append(key)
+            cells.setdefault(key, {})[name] = line
+    ranks = list(_LABELS)
+    order.sort(key=lambda k: (ranks.index(k[0]) if k[0] in ranks else len(ranks), k[0].value, k[1], not k[3]))
+    for key in order:
+        row = [_LABELS.get(key[0], key[0].value), key[1]]
+        for name in runs:
+            cell = cells[key].get(name)
+            if cell is None:
+                row.append("")
+            elif not cell.billed_by_livekit:
+                row.append(f"{_billable(cell)}, not billed by LiveKit")
+            else:
+                row.append(f"{_billable(cell)}: {usd(cell.cost)}")
+        table.add_row(*row)
+    table.add_section()
+    totals = []
+    for lines in columns.values():
+        priced = sum((ln.cost for ln in lines if ln.cost is not None), Decimal(0))
+        totals.append(f"[bold]{usd(priced)}[/]" + (" +unpriced" if any(ln.cost is None for ln in lines) else ""))
+    table.add_row("[bold]Total[/]", "", *totals)
     table.caption = "Each usage is rounded up to its increment before summing; included plan quotas are not deducted."
     return table
 
