@@ -148,8 +148,8 @@ async def test_on_your_own_server_the_records_are_kept_but_not_billed_by_livekit
     invoice = book.invoice(records, plan="ship", month="2026-11")
     assert "connection" not in {ln.resource for ln in invoice.lines}
     assert invoice.not_billed_by_livekit == [
-        "connection (not billed by LiveKit)",
-        "data_transfer (not billed by LiveKit)",  # 0 bytes here: the FakeRoom's counter stays at zero
+        "connection via self-hosted",
+        "data_transfer via self-hosted",  # 0 bytes here: the FakeRoom's counter stays at zero
     ]
 
     from rich.console import Console
