@@ -1,33 +1,33 @@
-"""Which telephony resource a SIP participant's call is billed as: one rule, for the agent and the collector.
+"""Telephony: which resource a SIP call bills as, from the SIP participant's attributes.
 
-The agent (from the participants it sees) and the collector (from LiveKit's participant webhooks)
-both classify a call with ``sip_resource``; the resource is part of the usage's id, so both sides
-must reach the same answer for the call to be stored once.
+LiveKit sets ``sip.*`` attributes on every SIP participant (docs.livekit.io, "SIP participant"):
+``sip.ruleID`` is the dispatch rule of an inbound call and is empty for outbound calls;
+``sip.trunkPhoneNumber`` is the number the caller dialled (inbound) or calls from (outbound);
+``sip.trunkID`` is the inbound or outbound trunk the call went through.
 
-The rule, from the ``sip.*`` attributes LiveKit SIP sets on the participant:
+* An inbound call to one of the project's LiveKit Phone Numbers is ``sip_inbound``, or
+  ``sip_inbound_toll_free`` when that number is a US toll-free number (800, 833, 844, 855, 866,
+  877, 888: LiveKit Phone Numbers are US numbers).
+* Every other call (a third-party trunk, inbound or outbound; LiveKit numbers are inbound only) is
+  ``sip_trunk``.
 
-1. Outbound (no ``sip.ruleID``: only inbound calls match a dispatch rule) -> ``sip_trunk``:
-   LiveKit Phone Numbers take inbound calls only, so an outbound call goes through a third-party trunk.
-2. Inbound to a LiveKit Phone Number -> ``sip_inbound``, or ``sip_inbound_toll_free`` when the
-   called number (``sip.trunkPhoneNumber``) is a North American toll-free number (+1 800, 833,
-   844, 855, 866, 877, 888).
-3. Any other inbound call (a third-party SIP trunk) -> ``sip_trunk``.
-
-A call is to a LiveKit Phone Number when the called number is in the project's list of LiveKit
-numbers, if one is configured (``phone_numbers=`` / ``LIVEKIT_METERING_PHONE_NUMBERS``); without
-a list, when it came through no inbound trunk (empty ``sip.trunkID``): LiveKit Phone Numbers need
-none, third-party trunks always have one.
+Which numbers are the project's LiveKit numbers is configuration (``phone_numbers=`` /
+``LIVEKIT_METERING_PHONE_NUMBERS`` on the agent). Without it, a call that came through no inbound
+trunk (empty ``sip.trunkID``) is taken as a call to a LiveKit Phone Number: LiveKit numbers need
+no trunk, third-party numbers always come through one. The agent and the collector both classify
+with ``sip_resource``; the call's id (``records.sip_call_id``) does not depend on the class.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 from .records import Resource
 
 __all__ = [
     "PHONE_NUMBERS_ENV",
-    "TOLL_FREE_AREA_CODES",
+    "TOLL_FREE_CODES",
     "call_direction",
     "is_toll_free",
     "normalize_number",
@@ -36,50 +36,44 @@ __all__ = [
 ]
 
 PHONE_NUMBERS_ENV = "LIVEKIT_METERING_PHONE_NUMBERS"
-TOLL_FREE_AREA_CODES = frozenset({"800", "833", "844", "855", "866", "877", "888"})
-
-ATTR_RULE_ID = "sip.ruleID"
-ATTR_TRUNK_ID = "sip.trunkID"
-ATTR_CALLED = "sip.trunkPhoneNumber"
+TOLL_FREE_CODES = ("800", "833", "844", "855", "866", "877", "888")
 
 
 def normalize_number(number: str) -> str:
-    """A phone number as digits with its country code: ``+1 (800) 555-0100`` -> ``18005550100``.
-
-    Ten digits are taken as a North American number without its country code.
-    """
-    digits = "".join(c for c in number if c.isdigit())
-    return "1" + digits if len(digits) == 10 else digits
+    """E.164 form of a phone number: ``+`` and digits; 10 bare digits are taken as a US number."""
+    digits = re.sub(r"\D", "", number)
+    if not digits:
+        return ""
+    if not number.strip().startswith("+") and len(digits) == 10:
+        digits = "1" + digits
+    return "+" + digits
 
 
 def is_toll_free(number: str) -> bool:
-    digits = normalize_number(number)
-    return len(digits) == 11 and digits[0] == "1" and digits[1:4] in TOLL_FREE_AREA_CODES
+    e164 = normalize_number(number)
+    return len(e164) == 12 and e164.startswith("+1") and e164[2:5] in TOLL_FREE_CODES
 
 
 def parse_numbers(numbers: str | Iterable[str] | None) -> frozenset[str] | None:
-    """The configured LiveKit numbers, normalized; a string is comma-separated. None when none are configured."""
+    """Configured LiveKit numbers in E.164 form (a string is comma-separated); None when there are none."""
     if numbers is None:
         return None
-    items = numbers.split(",") if isinstance(numbers, str) else list(numbers)
-    found = frozenset(normalize_number(str(n)) for n in items if normalize_number(str(n)))
+    items = numbers.split(",") if isinstance(numbers, str) else numbers
+    found = frozenset(e164 for e164 in (normalize_number(str(n)) for n in items) if e164)
     return found or None
 
 
 def call_direction(attributes: Mapping[str, str]) -> str:
     """``inbound`` or ``outbound``: only an inbound call has the dispatch rule that placed it."""
-    return "inbound" if attributes.get(ATTR_RULE_ID) else "outbound"
+    return "inbound" if attributes.get("sip.ruleID") else "outbound"
 
 
-def sip_resource(attributes: Mapping[str, str], *, livekit_numbers: Iterable[str] | None = None) -> Resource:
-    """The resource one SIP participant's call is billed as (see the module docstring for the rule)."""
-    if call_direction(attributes) == "outbound":
-        return Resource.SIP_TRUNK
-    called = attributes.get(ATTR_CALLED, "")
+def sip_resource(attributes: Mapping[str, str], livekit_numbers: Iterable[str] | None = None) -> Resource:
+    """The resource one SIP call bills as (see the module docstring for the rule)."""
+    inbound = call_direction(attributes) == "inbound"
+    dialled = normalize_number(attributes.get("sip.trunkPhoneNumber", ""))
     numbers = parse_numbers(livekit_numbers)
-    on_livekit_number = (
-        normalize_number(called) in numbers if numbers is not None else not attributes.get(ATTR_TRUNK_ID)
-    )
-    if not on_livekit_number:
-        return Resource.SIP_TRUNK
-    return Resource.SIP_INBOUND_TOLL_FREE if is_toll_free(called) else Resource.SIP_INBOUND
+    on_livekit_number = dialled in numbers if numbers is not None else not attributes.get("sip.trunkID")
+    if inbound and dialled and on_livekit_number:
+        return Resource.SIP_INBOUND_TOLL_FREE if is_toll_free(dialled) else Resource.SIP_INBOUND
+    return Resource.SIP_TRUNK
