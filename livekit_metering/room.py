@@ -4,10 +4,12 @@ Both are ``SessionUsage``s of the job's SessionMeter, so they share the session'
 exact instants from the meter's clock, checkpoints with the session's, final records with its.
 
 - **SIP calls.** Each SIP participant (``ParticipantKind.SIP``) is one usage, from when it joined
-  (or the agent connected, if later) to when it left (or the session ended). Its resource comes
-  from ``telephony.sip_resource``, its id from ``participant_usage_id``, the id the collector
-  derives from the same participant's webhooks. Calls the agent places itself
-  (``create_sip_participant``) join the room as SIP participants too and are metered alike.
+  (the server's ``joined_at`` when the SDK gives it, else when the agent saw it join, or connected
+  if the caller was there first) to when it left. Its resource comes from ``telephony.sip_resource``,
+  its id from ``sip_call_id``, the id the collector derives from the same participant's webhooks.
+  The agent's figure is final only when it saw the call end; a caller still there when the session
+  ends leaves a checkpoint (``clipped``), which LiveKit's webhooks close. Calls the agent places
+  itself (``create_sip_participant``) join the room as SIP participants too and are metered alike.
 - **Downstream data.** The bytes the agent's subscriber transport received, from
   ``room.get_rtc_stats()``, sampled before each checkpoint, at the end of the session and just
   before the job runner disconnects the room; a counter that goes back (a full reconnect makes a
@@ -19,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .records import Resource, Status, participant_usage_id
-from .session import IntervalUsage, Meta, SessionMeter, SessionUsage, wall_stamp
+from .records import Resource, Status, sip_call_id
+from .session import IntervalUsage, Meta, SessionMeter, SessionUsage
 from .telephony import call_direction, sip_resource
 
 if TYPE_CHECKING:
@@ -50,11 +53,11 @@ class SipCalls(SessionUsage):
         self.room.on("participant_connected", self._joined)
         self.room.on("participant_disconnected", self._left)
         for participant in list(self.room.remote_participants.values()):
-            self._track(participant, at=self.meter.started_at, clipped=True)
+            self._track(participant, already_there=True)
 
     def _joined(self, participant: Any) -> None:
         try:
-            self._track(participant, at=None, clipped=False)
+            self._track(participant, already_there=False)
         except Exception:
             logger.exception("livekit-metering: participant_connected hook failed")
 
@@ -66,32 +69,37 @@ class SipCalls(SessionUsage):
         except Exception:
             logger.exception("livekit-metering: participant_disconnected hook failed")
 
-    def _track(self, participant: Any, *, at: float | None, clipped: bool) -> None:
-        if getattr(participant, "kind", None) != _SIP_KIND or self.meter.ended:
+    def _track(self, participant: Any, *, already_there: bool) -> None:
+        meter = self.meter
+        if getattr(participant, "kind", None) != _SIP_KIND or meter.ended or meter.started_at is None:
             return
         sid = str(getattr(participant, "sid", "") or "")
         if not sid or sid in self.calls:
             return
         attributes = dict(getattr(participant, "attributes", None) or {})
-        resource = sip_resource(attributes, livekit_numbers=self.livekit_numbers)
         meta: Meta = {
-            **self.meter.participant_meta(sid, str(getattr(participant, "identity", ""))),
+            **meter.participant_meta(sid, str(getattr(participant, "identity", ""))),
             "direction": call_direction(attributes),
         }
         if attributes.get("sip.callID"):
             meta["sip_call_id"] = attributes["sip.callID"][:256]
-        joined = wall_stamp(getattr(participant, "joined_at", None))
-        if joined:
-            meta["joined_at"] = joined
-        room_sid = str(self.meter.context.get("room_sid", ""))
+        now = meter.clock.monotonic()
+        joined = getattr(participant, "joined_at", None)
+        if isinstance(joined, datetime):  # the server's join time, converted to the meter's clock
+            start, meta["start_source"] = min(meter.monotonic_of(joined), now), "joined_at"
+        elif already_there:
+            start, meta["start_source"] = meter.started_at, "agent_connected"
+        else:
+            start, meta["start_source"] = now, "participant_connected"
         self.calls[sid] = IntervalUsage(
-            self.meter,
-            resource,
+            meter,
+            sip_resource(attributes, livekit_numbers=self.livekit_numbers),
             usage=f"sip-{sid}",
-            id=participant_usage_id(room_sid, sid, resource),
-            start=self.meter.clock.monotonic() if at is None else at,
+            id=sip_call_id(str(meter.context.get("room_sid", "")), sid),
+            start=start,
             meta=meta,
-            clipped_start=clipped,
+            clipped_start=already_there and meta["start_source"] == "agent_connected",
+            final_at_session_end=False,  # outliving the session, the call is closed by LiveKit's webhooks
         )
 
     def checkpoint(self) -> None:

@@ -34,7 +34,7 @@ from .export.base import Exporter
 from .hosting import Hosting
 from .meter import Meter
 from .rates import RatePolicy
-from .records import MeterRecord, Resource, Status, participant_usage_id, rfc3339
+from .records import MeterRecord, Resource, Status, participant_usage_id
 
 if TYPE_CHECKING:
     from livekit.agents import JobContext
@@ -179,6 +179,11 @@ class SessionMeter(Meter):
     def _ms(self, at: float) -> int:
         return self._wall0_ms + math.floor((at - self._mono0) * 1000)
 
+    def monotonic_of(self, wall: datetime) -> float:
+        """The instant of UTC wall time ``wall`` on this meter's monotonic clock (for times the server reports)."""
+        ms = (wall - _EPOCH) // timedelta(milliseconds=1)
+        return self._mono0 + (ms - self._wall0_ms) / 1000
+
     # -- events ------------------------------------------------------------------------------------
 
     def connected(self, at: float | None = None, *, participant_sid: str = "", participant_identity: str = "") -> bool:
@@ -252,9 +257,39 @@ class SessionMeter(Meter):
         if self.started_at is None:
             return None
         self.final = self._write(Status.OK)
+        self._cloud_agent_connection()
         for usage in list(self.usages):
             self._each("finish", usage)
         return self.final
+
+    def _cloud_agent_connection(self) -> None:
+        """A Cloud-deployed agent's own participant, under the id LiveKit's webhooks give the collector:
+        its WebRTC minutes are covered by agent session minutes (0, ``meta.covered_by``), unless the
+        rate policy says LiveKit bills them too. Written so a webhook-derived figure never bills them."""
+        if self.hosting is not Hosting.CLOUD or not self.participant_sid or self.started_at is None:
+            return
+        end = self.ended_at if self.ended_at is not None else self.clock.monotonic()
+        room_sid = str(self.context.get("room_sid", ""))
+        usage_id = participant_usage_id(room_sid, self.participant_sid, Resource.CONNECTION)
+        meta: Meta = {
+            "job_id": self.session_id,
+            **self.participant_meta(self.participant_sid, self.participant_identity),
+        }
+        if self.policy.cloud_agent_connection:
+            self.interval(
+                Resource.CONNECTION, self.started_at, end, Status.OK, usage="connection", id=usage_id, meta=meta
+            )
+            return
+        start = self.wall(self.started_at)
+        self.record(  # never raises
+            Resource.CONNECTION,
+            0,
+            usage="connection",
+            id=usage_id,
+            start=start,
+            end=max(start, self.wall(end)),
+            meta={**meta, "hosting": self.hosting.value, "covered_by": Resource.AGENT_SESSION.value},
+        )
 
     def interval(
         self,
@@ -379,9 +414,11 @@ class IntervalUsage(SessionUsage):
     """A time usage within the session, from ``start`` to its own end or the session's (a SIP call, an audio stream).
 
     Its start is on disk as a checkpoint at once; it is checkpointed with the session; its final
-    record is written when it ends (or with the session's). ``meta["clipped"]`` says which ends the
+    record is written when it ends, or with the session's. ``meta["clipped"]`` says which ends the
     agent did not see itself: ``start`` when it began before the agent connected, ``end`` when it
-    outlived the session.
+    outlived the session. A usage someone else also reports (a SIP call: LiveKit's webhooks) is
+    ``final_at_session_end=False``: outliving the session, its figure stays a checkpoint, for the
+    collector to close at the end LiveKit reports.
     """
 
     def __init__(
@@ -394,6 +431,7 @@ class IntervalUsage(SessionUsage):
         meta: Meta | None = None,
         id: str | None = None,
         clipped_start: bool = False,
+        final_at_session_end: bool = True,
     ) -> None:
         self.meter = meter
         self.resource = resource
@@ -403,6 +441,7 @@ class IntervalUsage(SessionUsage):
         self.meta: Meta = dict(meta or {})
         self.clipped_start = clipped_start
         self.clipped_end = False
+        self.final_at_session_end = final_at_session_end
         self.ended_at: float | None = None
         self.final: MeterRecord | None = None
         self._lock = threading.Lock()
@@ -428,7 +467,8 @@ class IntervalUsage(SessionUsage):
 
     def finish(self) -> None:
         self.session_ended()
-        self.finish_record()
+        if self.final_at_session_end or not self.clipped_end:
+            self.finish_record()
 
     def finish_record(self) -> MeterRecord | None:
         with self._lock:
@@ -448,11 +488,6 @@ class IntervalUsage(SessionUsage):
         return self.meter.interval(
             self.resource, self.start, max(self.start, end), status, usage=self.usage, id=self.id, meta=meta
         )
-
-
-def wall_stamp(value: datetime | None) -> str | None:
-    """An RFC 3339 stamp for meta, or None."""
-    return rfc3339(value) if value is not None else None
 
 
 # -- finding the meter of a job ---------------------------------------------------------------------

@@ -95,7 +95,8 @@ async def _seventy_second_call(clock: ManualClock, out: Path, url: str, **option
 
 
 def _own_time(records: list[MeterRecord]) -> list[MeterRecord]:
-    return [r for r in records if r.resource in (Resource.AGENT_SESSION, Resource.CONNECTION)]
+    """The record of the agent's own time in the room (agent session or connection minutes)."""
+    return [r for r in records if r.meta.get("session_time") is True]
 
 
 async def test_a_self_hosted_agent_on_livekit_cloud_bills_its_own_connection_minutes(
@@ -126,6 +127,11 @@ async def test_the_same_call_deployed_to_livekit_cloud_bills_agent_session_minut
     assert own.resource is Resource.AGENT_SESSION and own.quantity == Decimal(2) and own.raw == 70_000
     assert own.id == f"{JOB_ID}/session/agent_session"
     assert own.meta["hosting"] == "cloud" and own.meta["participant_sid"] == AGENT_SID
+    # its participant's WebRTC minutes, under the id the collector derives from webhooks: covered, 0
+    (covered,) = [r for r in records if r.resource is Resource.CONNECTION]
+    assert covered.id == participant_usage_id(ROOM_SID, AGENT_SID, Resource.CONNECTION)
+    assert (covered.raw, covered.quantity, covered.status) == (0, Decimal(0), Status.OK)
+    assert covered.meta["covered_by"] == "agent_session" and covered.session_id == JOB_ID
     assert not [r for r in records if r.resource is Resource.DATA_TRANSFER]  # its traffic stays inside LiveKit Cloud
     assert PriceBook.bundled().cost(records, plan="ship").by_resource["agent_session"] == Decimal("0.02")
 

@@ -28,7 +28,7 @@ from livekit_metering.export import read_records
 from livekit_metering.hosting import CLOUD_AGENT_ENV, HOSTING_ENV
 from livekit_metering.pricing import PriceBook
 from livekit_metering.rates import get_policy
-from livekit_metering.records import MeterRecord, Resource, Status, participant_usage_id
+from livekit_metering.records import MeterRecord, Resource, Status, sip_call_id
 from livekit_metering.scripted import ScriptedLLM
 from livekit_metering.telephony import sip_resource
 
@@ -139,10 +139,11 @@ async def test_a_caller_who_joins_after_the_agent_and_hangs_up_61_s_later_bills_
     assert call.resource is Resource.SIP_INBOUND and call.status is Status.OK
     assert (call.start, call.end, call.raw) == (at(7), at(68), 61_000)
     assert call.quantity == Decimal(2)  # 61 s: 2 minutes, rounded up per call
-    assert call.id == participant_usage_id(ROOM_SID, caller.sid, Resource.SIP_INBOUND)
+    assert call.id == sip_call_id(ROOM_SID, caller.sid)  # the id LiveKit's webhooks give the collector
     assert call.session_id == JOB_ID
     assert call.meta["direction"] == "inbound" and call.meta["sip_call_id"] == "SCL_x1"
     assert call.meta["participant_sid"] == caller.sid and "clipped" not in call.meta
+    assert call.meta["start_source"] == "participant_connected"
     # its start was on disk as a checkpoint when the caller joined
     firsts = [r for r in read_records(out, latest=False) if r.id == call.id]
     assert (firsts[0].status, firsts[0].start, firsts[0].raw) == (Status.CHECKPOINT, at(7), 0)
@@ -191,12 +192,30 @@ async def test_calls_through_a_trunk_and_calls_the_agent_places_bill_trunk_minut
     assert [c.quantity for c in calls.values()] == [Decimal(1), Decimal(1)]  # each call rounded on its own
 
 
-async def test_a_caller_the_agent_found_in_the_room_or_left_there_is_marked_clipped(tmp_path: Path) -> None:
+async def test_a_caller_already_there_starts_at_the_servers_join_time(tmp_path: Path) -> None:
     clock, out = ManualClock(), tmp_path / "r.jsonl"
-    joined = T0 - timedelta(seconds=4)
-    early = FakeParticipant("sip_early", inbound("+14155550100"), kind=SIP, joined_at=joined)
+    early = FakeParticipant("sip_early", inbound("+14155550100"), kind=SIP, joined_at=T0 - timedelta(seconds=4))
     room = FakeRoom()
     room.remote_participants[early.identity] = early  # dispatched on the call: the caller was there first
+
+    async def script(room: FakeRoom) -> None:
+        clock.advance(50)
+        room.leaves(early)
+
+    await _call(clock, out, script, room=room, end=90)
+    (call,) = sip_records(out)
+    assert (call.start, call.end, call.raw) == (at(-4), at(52), 56_000)  # joined 4 s before T0, left at +52 s
+    assert call.status is Status.OK and call.quantity == Decimal(1)
+    assert call.meta["start_source"] == "joined_at" and "clipped" not in call.meta
+
+
+async def test_a_call_the_agent_saw_only_part_of_stays_a_checkpoint_marked_clipped(tmp_path: Path) -> None:
+    """No join time from the SDK, and still on the line when the session ends: the agent's figure stays
+    a checkpoint, for the collector to close at the end LiveKit reports (participant_left, room_finished)."""
+    clock, out = ManualClock(), tmp_path / "r.jsonl"
+    early = FakeParticipant("sip_early", inbound("+14155550100"), kind=SIP)
+    room = FakeRoom()
+    room.remote_participants[early.identity] = early
 
     async def script(room: FakeRoom) -> None:
         clock.advance(50)  # and still there when the session ends
@@ -204,9 +223,8 @@ async def test_a_caller_the_agent_found_in_the_room_or_left_there_is_marked_clip
     await _call(clock, out, script, room=room, end=90)
     (call,) = sip_records(out)
     assert (call.start, call.end) == (at(2), at(90))  # from the agent's connect to the session's end
-    assert call.meta["clipped"] == "both"
-    # the server's join time: where the agent saw only part of a call, the collector's figure is fuller
-    assert call.meta["joined_at"] == "2026-11-27T09:59:56.000Z"
+    assert call.status is Status.CHECKPOINT  # never final: the agent did not see the call end
+    assert call.meta["clipped"] == "both" and call.meta["start_source"] == "agent_connected"
 
 
 async def test_configured_livekit_numbers_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
