@@ -19,14 +19,18 @@ import sys
 from asyncio.subprocess import PIPE, STDOUT
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from harness.jobproc import run_job
+from livekit.agents import JobContext
 from livekit.protocol import metrics as proto_metrics
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from livekit_metering.entrypoint import metered
 from livekit_metering.export import read_records
 from livekit_metering.records import MeterRecord, Resource, Status
 
@@ -192,3 +196,34 @@ def test_recording_options_turn_each_part_off(runs: Runs) -> None:
     assert events.meta["log_records"] == got.logs[job] > 0
     assert events.meta["transcript_items"] == got.chat_item_logs[job] > 0
     assert one(records, Resource.RECORDED_AUDIO).raw == got.recordings[job][0].duration
+
+
+@pytest.mark.parametrize(("hosting", "provider"), [("self-hosted", "self-hosted"), ("cloud", "")])
+async def test_without_a_cloud_endpoint_the_transcript_and_recording_are_previewed_not_uploaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hosting: str, provider: str
+) -> None:
+    """Console mode or your own server: livekit-agents uploads nothing (and sets up no exporter, so
+    this runs in the test's process). The transcript items and the recording are still written: $0 on
+    your own server, at LiveKit Cloud's price when the hosting says Cloud (a preview)."""
+    import observability_job
+
+    from livekit_metering.pricing import PriceBook
+
+    monkeypatch.delenv("LIVEKIT_OBSERVABILITY_URL", raising=False)
+    monkeypatch.setenv("LIVEKIT_METERING_HOSTING", hosting)
+    out = tmp_path / "records.jsonl"
+    items: list[int] = []
+
+    async def entry(ctx: JobContext) -> None:
+        await observability_job.converse(ctx, "on")
+        items.append(len(ctx.primary_session.history.items))
+
+    await run_job(metered(entry, file=out), fake_job=True, timeout=60)
+    records = read_records(out)
+    events, audio = one(records, Resource.OBSERVABILITY_EVENT), one(records, Resource.RECORDED_AUDIO)
+    assert events.meta["uploaded"] is False and (events.meta["spans"], events.meta["log_records"]) == (0, 0)
+    assert events.raw == events.meta["transcript_items"] == items[0] > 0
+    assert audio.raw > 0 and events.provider == audio.provider == provider
+    cost = PriceBook.bundled().cost([events, audio], plan="ship").total
+    expected = events.raw * Decimal("0.00003") + audio.quantity * Decimal("0.005") if provider == "" else Decimal(0)
+    assert cost == expected
