@@ -387,7 +387,7 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
     try:
         exporter, owned = _exporter_or_fallback(options)
         url = _livekit_url(ctx)
-        hosting, _ = options.resolved_hosting(url)
+        hosting, hosting_source = options.resolved_hosting(url)
         meter = SessionMeter.for_job(
             ctx,
             exporter=exporter,
@@ -396,6 +396,7 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
             clock=options.clock,
             attribution=_Attribution(ctx, options.resolved_customer(), options.attributes),
             hosting=hosting,
+            hosting_source=hosting_source,
         )
         hooks = _JobHooks(ctx, meter, options, exporter=exporter, owns_exporter=owned)
         hooks.preview = maybe_attach_preview(

@@ -116,10 +116,12 @@ class SessionMeter(Meter):
         clock: Clock | None = None,
         attribution: Attribution | None = None,
         hosting: Hosting = Hosting.CLOUD,
+        hosting_source: str = "",
         **context: Any,
     ) -> None:
         super().__init__(session_id=session_id, exporter=exporter, policy=policy, **context)
         self.hosting = hosting
+        self.hosting_source = hosting_source  # how the hosting was decided: option, env, deployment or url
         if not checkpoint_interval > 0:
             raise ValueError(f"checkpoint_interval must be a positive number of seconds, got {checkpoint_interval!r}")
         self.checkpoint_interval = float(checkpoint_interval)
@@ -345,6 +347,8 @@ class SessionMeter(Meter):
     def _meta(self) -> Meta:
         meta: Meta = {"job_id": self.session_id, "session_time": True}
         meta.update(self.participant_meta(self.participant_sid, self.participant_identity))
+        if self.hosting_source:
+            meta["hosting_source"] = self.hosting_source
         worker = self.context.get("worker_id")
         if worker:
             meta["worker_id"] = str(worker)
@@ -459,16 +463,22 @@ class IntervalUsage(SessionUsage):
             self._write(Status.CHECKPOINT)
 
     def session_ended(self) -> None:
-        session_end = self.meter.ended_at
-        with self._lock:
-            if self.ended_at is None and session_end is not None:
-                self.ended_at, self.clipped_end = max(self.start, session_end), True
-        self.checkpoint()
+        if self._ends_with_session():
+            self.checkpoint()  # the exact end, on disk before the final record (or as the last figure)
 
     def finish(self) -> None:
-        self.session_ended()
+        self._ends_with_session()
         if self.final_at_session_end or not self.clipped_end:
             self.finish_record()
+
+    def _ends_with_session(self) -> bool:
+        """Still open when the session ended: it ends there, clipped. True when this call ended it."""
+        session_end = self.meter.ended_at
+        with self._lock:
+            if self.ended_at is not None or session_end is None:
+                return False
+            self.ended_at, self.clipped_end = max(self.start, session_end), True
+            return True
 
     def finish_record(self) -> MeterRecord | None:
         with self._lock:

@@ -113,6 +113,7 @@ async def test_a_self_hosted_agent_on_livekit_cloud_bills_its_own_connection_min
     assert own.session_id == JOB_ID and own.provider == ""
     assert own.meta["hosting"] == "self-hosted-on-cloud" and own.meta["session_time"] is True
     assert own.meta["participant_sid"] == AGENT_SID and own.meta["end_cause"] == "shutdown"
+    assert own.meta["hosting_source"] == "url"  # a LiveKit Cloud URL, no deployment variables
     # 2 minutes at the Ship overage price of $0.0005 a minute (hand calculation)
     assert PriceBook.bundled().cost(records, plan="ship").by_resource["connection"] == Decimal("0.0010")
 
@@ -175,6 +176,7 @@ async def test_hosting_option_overrides_the_detection(clean_env: pytest.MonkeyPa
     records = await _seventy_second_call(ManualClock(), tmp_path / "r.jsonl", OWN_URL, hosting="cloud")
     (own,) = _own_time(records)
     assert own.resource is Resource.AGENT_SESSION and own.meta["hosting"] == "cloud"
+    assert own.meta["hosting_source"] == "option"
 
 
 async def test_a_job_that_never_connects_bills_nothing_whatever_the_hosting(
