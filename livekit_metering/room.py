@@ -11,8 +11,8 @@ exact instants from the meter's clock, checkpoints with the session's, final rec
   ends leaves a checkpoint (``clipped``), which LiveKit's webhooks close. Calls the agent places
   itself (``create_sip_participant``) join the room as SIP participants too and are metered alike.
 - **Downstream data.** The bytes the agent's subscriber transport received, from
-  ``room.get_rtc_stats()``, sampled before each checkpoint, at the end of the session and just
-  before the job runner disconnects the room; a counter that goes back (a full reconnect makes a
+  ``room.get_rtc_stats()``, sampled before each checkpoint and just before the job runner
+  disconnects the room (which it does before the final record is written); a counter that goes back (a full reconnect makes a
   new transport) starts a new run added to the old. One usage per session, billed in 0.01 GB.
 """
 
@@ -179,17 +179,6 @@ class DataTransfer(SessionUsage):
     def checkpoint(self) -> None:
         if not self.final:
             self._write(Status.CHECKPOINT)
-
-    def session_ended(self) -> None:
-        # The room may still be up (an explicit shutdown): take one more sample on the loop, if there is one.
-        try:
-            asyncio.get_running_loop().create_task(self._sample_and_checkpoint(), name="livekit_metering_rtc_stats")
-        except RuntimeError:
-            self.checkpoint()
-
-    async def _sample_and_checkpoint(self) -> None:
-        await self.sample()
-        self.checkpoint()
 
     def finish(self) -> None:
         if not self.final:
