@@ -12,8 +12,9 @@ exact instants from the meter's clock, checkpoints with the session's, final rec
   itself (``create_sip_participant``) join the room as SIP participants too and are metered alike.
 - **Downstream data.** The bytes the agent's subscriber transport received, from
   ``room.get_rtc_stats()``, sampled before each checkpoint and just before the job runner
-  disconnects the room (which it does before the final record is written); a counter that goes back (a full reconnect makes a
-  new transport) starts a new run added to the old. One usage per session, billed in 0.01 GB.
+  disconnects the room (which it does before the final record is written); a counter that goes
+  back (a full reconnect makes a new transport) starts a new run added to the old. One usage per
+  session, billed in 0.01 GB.
 """
 
 from __future__ import annotations
