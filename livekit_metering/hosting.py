@@ -28,6 +28,7 @@ __all__ = [
     "Hosting",
     "InvalidHosting",
     "detect_hosting",
+    "is_cloud_url",
     "parse_hosting",
 ]
 
@@ -93,10 +94,11 @@ def detect_hosting(
         return parse_hosting(named, f"{HOSTING_ENV}="), "env"
     if any(env.get(name) for name in CLOUD_AGENT_ENV):
         return Hosting.CLOUD, "deployment"
-    return (Hosting.SELF_HOSTED_ON_CLOUD if _is_cloud(url) else Hosting.SELF_HOSTED), "url"
+    return (Hosting.SELF_HOSTED_ON_CLOUD if is_cloud_url(url) else Hosting.SELF_HOSTED), "url"
 
 
-def _is_cloud(url: str) -> bool:
+def is_cloud_url(url: str) -> bool:
+    """Whether ``url`` is a LiveKit Cloud server, by livekit-agents' own rule (``utils.misc.is_cloud``)."""
     try:
         from livekit.agents.utils.misc import is_cloud
     except Exception:  # pragma: no cover - livekit-agents moved it: the same rule, by hand

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from .hosting import is_cloud_url
 from .records import Resource, Status
 from .session import SessionMeter, SessionUsage
 
@@ -139,9 +140,7 @@ def observability_url(livekit_url: str) -> str | None:
     explicit = os.environ.get("LIVEKIT_OBSERVABILITY_URL")
     if explicit:
         return explicit
-    from .hosting import _is_cloud
-
-    return livekit_url if _is_cloud(livekit_url) else None
+    return livekit_url if is_cloud_url(livekit_url) else None
 
 
 class Observability(SessionUsage):
