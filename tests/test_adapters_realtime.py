@@ -95,7 +95,8 @@ def job_records(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[MeterRec
         ctx.shutdown("caller hung up")
 
     async def run() -> None:
-        await run_job(metered(entry, file=out, clock=clock), fake_job=True)
+        # deployed to LiveKit Cloud, said here: the autouse fixture that says so runs per test
+        await run_job(metered(entry, file=out, clock=clock, hosting="cloud"), fake_job=True)
 
     asyncio.run(run())
     return read_records(out), model, seen
