@@ -100,8 +100,10 @@ class OptionsTTS(FakeTTS):
 async def test_a_metered_model_is_the_same_object_of_the_same_class(make: Callable[[], Any]) -> None:
     model = make()
     cls, label, shown = type(model), model.label, repr(model).split(" at ")[0]
-    metered_model = MeteredLLM(model) if isinstance(model, llm.LLM) else (
-        MeteredSTT(model) if isinstance(model, stt.STT) else MeteredTTS(model)
+    metered_model = (
+        MeteredLLM(model)
+        if isinstance(model, llm.LLM)
+        else (MeteredSTT(model) if isinstance(model, stt.STT) else MeteredTTS(model))
     )
     assert metered_model is model and type(model) is cls and is_metered(model)
     assert model.label == label and repr(model).split(" at ")[0] == shown

@@ -375,6 +375,8 @@ async def test_a_metered_realtime_model_is_the_same_model_and_the_session_sees_t
     model.update_options(voice="verse")
     assert model.voice == "verse"
     assert type(model.sessions[0]) is type(bare[2].sessions[0])  # the provider's own session object
+    # AgentSession's close reached the provider's session through the metering's aclose hook
+    assert all(s.closed_at is not None for s in (*bare[2].sessions, *model.sessions))
     assert len([r for r in meter.records if r.meta.get("mode") == "realtime"]) == 5 + 7  # the non-zero modalities
 
 

@@ -49,9 +49,7 @@ _COMPOSITES: list[tuple[type, str, bool]] = [
 ]
 
 
-def instrument(
-    model: M, *, meter: Meter | None = None, checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
-) -> M:
+def instrument(model: M, *, meter: Meter | None = None, checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL) -> M:
     """Meter any livekit-agents STT, LLM, TTS, realtime or duplex model in place; return it."""
     if not checkpoint_interval > 0:
         raise ValueError(f"checkpoint_interval must be a positive number of seconds, got {checkpoint_interval!r}")
@@ -90,9 +88,7 @@ def MeteredSTT(
     return instrument(stt_, meter=meter, checkpoint_interval=checkpoint_interval)
 
 
-def MeteredLLM(
-    llm_: M, *, meter: Meter | None = None, checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
-) -> M:
+def MeteredLLM(llm_: M, *, meter: Meter | None = None, checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL) -> M:
     """Meter an LLM (tokens per request), or a realtime or duplex model (tokens per response by
     modality, session seconds where billed by time), in place, and return it."""
     kinds = (llm.LLM, llm.RealtimeModel, llm.DuplexModel)
