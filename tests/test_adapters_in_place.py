@@ -100,16 +100,12 @@ class OptionsTTS(FakeTTS):
 async def test_a_metered_model_is_the_same_object_of_the_same_class(make: Callable[[], Any]) -> None:
     model = make()
     cls, label, shown = type(model), model.label, repr(model).split(" at ")[0]
-    metered_model = (
-        MeteredLLM(model)
-        if isinstance(model, llm.LLM)
-        else (MeteredSTT(model) if isinstance(model, stt.STT) else MeteredTTS(model))
+    meter_it: Callable[[Any], Any] = (
+        MeteredLLM if isinstance(model, llm.LLM) else MeteredSTT if isinstance(model, stt.STT) else MeteredTTS
     )
-    assert metered_model is model and type(model) is cls and is_metered(model)
+    assert meter_it(model) is model and type(model) is cls and is_metered(model)
     assert model.label == label and repr(model).split(" at ")[0] == shown
-    assert (MeteredLLM if isinstance(model, llm.LLM) else MeteredSTT if isinstance(model, stt.STT) else MeteredTTS)(
-        model
-    ) is model  # metering again is a no-op
+    assert meter_it(model) is model  # metering again is a no-op
     if isinstance(model, OptionsTTS):
         model.update_options(chunk_delay=0.5)
         assert model.chunk_delay == 0.5 and model.region == "eu-west"
