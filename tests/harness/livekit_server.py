@@ -40,7 +40,7 @@ from livekit import api, rtc
 from livekit.protocol import models
 
 from livekit_metering.collector.testing import run_collector, sign
-from livekit_metering.records import MeterRecord
+from livekit_metering.records import MeterRecord, Resource, Status
 
 T = TypeVar("T")
 
@@ -516,13 +516,139 @@ class Caller:
         task.add_done_callback(self._readers.discard)
 
 
+# -- one session, ended one way ------------------------------------------------------------------------------
+
+Script = list[tuple[str, str]]  # (what the caller says, what the scripted LLM answers)
+
+# How a session ends, and who writes its final agent_session record (None: the agent itself).
+ENDS: dict[str, str | None] = {
+    "shutdown": None,  # the agent calls ctx.shutdown() after the conversation
+    "deleted": None,  # RoomService.DeleteRoom
+    "left": None,  # the caller leaves; the server closes the room DEPARTURE_TIMEOUT later
+    "killed": "webhook:participant_left",  # the worker and its job processes SIGKILLed; the caller leaves
+    "stale": "stale-checkpoint",  # the job process SIGKILLed, the room's webhooks held back; the caller leaves
+}
+
+
+@dataclass
+class SessionRun:
+    """One session against the real server: what the collector stored and what the server reported."""
+
+    end: str
+    room: str
+    room_sid: str
+    records: list[MeterRecord]
+    webhooks: list[Webhook]
+    caller: Caller
+    marks: dict[str, int] = field(default_factory=dict)  # ms: "deleted", "killed"
+    checkpoint: MeterRecord | None = None  # the collector's last checkpoint before a kill
+
+    @property
+    def session(self) -> MeterRecord:
+        return only(self.records, Resource.AGENT_SESSION)
+
+    @property
+    def agent(self) -> str:
+        return f"agent-{self.session.session_id}"
+
+    def webhook(self, name: str, identity: str | None = None) -> Webhook:
+        found = [w for w in self.webhooks if w.name == name and (identity is None or w.identity == identity)]
+        assert len(found) == 1, (name, identity, [(w.name, w.identity) for w in self.webhooks])
+        return found[0]
+
+    def presence_ms(self, identity: str) -> tuple[int, int]:
+        """(joined, left) of a participant as the server reported them: ParticipantInfo.joined_at_ms,
+        and the participant_left event's time (WebhookEvent.created_at, whole seconds)."""
+        joined = self.webhook("participant_joined", identity).event.participant.joined_at_ms
+        return int(joined), self.webhook("participant_left", identity).created_ms
+
+
+async def run_session(stack: Stack, end: str, script: Script, *, workdir: Path) -> SessionRun:
+    """Create a room dispatching the metered agent, join it as the caller, let the agent answer every
+    line, end the session the ``end`` way, and wait for the collector's final record of it."""
+    assert end in ENDS, end
+    collector = CollectorClient(stack.collector_url)
+    room = unique_room(end)
+    pid_file = workdir / f"{room}.pid"
+    if end == "stale":
+        stack.tap.hold(room)
+    metadata = {"script": script, "end": "shutdown" if end == "shutdown" else "stay", "pid_file": str(pid_file)}
+    created = await create_room(stack.server, room, json.dumps(metadata))
+    caller = Caller(stack.server.ws_url, room)
+    marks: dict[str, int] = {}
+    checkpoint = None
+    await caller.join()
+    try:
+        replies = [reply for _, reply in script]
+        await until(lambda: caller.agent_said() == replies, f"the agent's replies {replies}, heard by the caller")
+        if end == "shutdown":
+            await until(lambda: _agent_left(stack, room), "the agent leaving the room")
+        elif end == "deleted":
+            marks["deleted"] = now_ms()
+            await delete_room(stack.server, room)
+            await until(lambda: stack.tap.find(room, "room_finished"), "room_finished")
+        elif end in ("killed", "stale"):
+            checkpoint = await _checkpoint_stored(collector, room)
+            if end == "killed":
+                stack.worker.kill()
+            else:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            marks["killed"] = now_ms()
+    finally:
+        await caller.leave()
+    await until(lambda: stack.tap.find(room, "room_finished"), "room_finished")
+    timeout = 60.0 + (stack.close_stale_after.total_seconds() if end == "stale" else 0)
+    records = await _final_records(collector, room, ENDS[end], timeout)
+    return SessionRun(end, room, created.sid, records, stack.tap.seen(room), caller, marks, checkpoint)
+
+
+def only(records: list[MeterRecord], resource: Resource) -> MeterRecord:
+    found = [r for r in records if r.resource is resource]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _agent_left(stack: Stack, room: str) -> Webhook | None:
+    for hook in stack.tap.seen(room):
+        if hook.name == "participant_left" and hook.event.participant.kind == models.ParticipantInfo.Kind.AGENT:
+            return hook
+    return None
+
+
+async def _checkpoint_stored(collector: CollectorClient, room: str) -> MeterRecord:
+    """A periodic checkpoint of the room's session (not the zero-length one at connect), once stored."""
+
+    async def stored() -> MeterRecord | None:
+        session = await collector.session(room)
+        if session is None:
+            return None
+        records = await collector.records(session["session_id"])
+        found = [r for r in records if r.resource is Resource.AGENT_SESSION]
+        return found[0] if found and found[0].status is Status.CHECKPOINT and found[0].raw > 0 else None
+
+    return await until(stored, f"a checkpoint of the session in {room}")
+
+
+async def _final_records(
+    collector: CollectorClient, room: str, closed_by: str | None, timeout: float
+) -> list[MeterRecord]:
+    """The session's records once its agent_session record is final and closed by ``closed_by`` (None:
+    the agent's own final record). A webhook may close a session before the agent's final record
+    arrives (the agent leaves the room before its job has shipped it); the agent's figure then wins."""
+
+    async def final() -> list[MeterRecord] | None:
+        session = await collector.session(room)
+        if session is None or session["state"] != "closed":
+            return None
+        records = await collector.records(session["session_id"])
+        s = only(records, Resource.AGENT_SESSION)
+        return records if s.is_final and s.meta.get("closed_by") == closed_by else None
+
+    return await until(final, f"the agent session in {room} closed by {closed_by or 'the agent'}", timeout)
+
+
 def unique_room(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def dispatch_metadata(script: list[tuple[str, str]], *, end: str, pid_file: Path | None = None) -> str:
-    """What ``e2e_agent`` reads from the job: the conversation, how it ends, where to write its pid."""
-    return json.dumps({"script": script, "end": end, "pid_file": str(pid_file) if pid_file else ""})
 
 
 async def create_room(server: LiveKitServer, room: str, metadata: str) -> Any:
