@@ -11,15 +11,19 @@ Sessions run one at a time. Per session, against the server's webhooks for the a
 * start: the agent session's start minus ``ParticipantInfo.joined_at_ms`` (the server registers the join,
   then the agent's ``connect()`` returns);
 * end: the session's end minus the time the server's ``participant_left`` webhook for the agent arrived
-  (both on this host's clock; the event's own ``created_at`` has whole seconds only, the column after);
-* billed: the agent's ``agent_session`` quantity, and what the server's times give under the same
-  policy (minute increments); and both under the per-second policy (1 s increments, 10 s minimum).
+  (both on this host's clock; the event's own ``created_at`` has whole seconds only), so the server's
+  leave time here includes the webhook's delivery, tens of milliseconds;
+* billed: the agent's session-time quantity, and what the server's join and leave give under the same
+  policy (minute increments); and both under the per-second policy (1 s increments, 10 s minimum);
+* kill to billed end: the kill's time minus the billed end (positive: time lost; negative: billed
+  past the kill, while the server still counted the dead agent in the room).
 
 Causes: ``shutdown`` (ctx.shutdown() after the reply), ``deleted`` (RoomService.DeleteRoom), ``left``
 (the caller leaves; the server closes the room after its departure timeout, 1 s here), ``killed`` (the
 worker and its job processes SIGKILLed, then the caller leaves: the server's participant_left webhook
 closes the session), ``stale`` (the job process SIGKILLed with the room's webhooks held back: the
-collector's stale sweep closes it at its last checkpoint; "lost" is the kill time minus that end).
+collector's stale sweep closes it at its last checkpoint). ``--hold`` seconds pass between the reply
+and the end (default 12, so that per-second billing is above its 10 s minimum).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from livekit_metering.rates import get_policy
 from livekit_metering.records import Resource
 
 SCRIPT = [("Hello, is this the metering line?", "Yes, every second of this call is measured.")]
-PER_SECOND = get_policy("per-second-10s-minimum").rule(Resource.AGENT_SESSION)
+PER_SECOND = get_policy("per-second-10s-minimum")
 
 
 def ms(when: datetime) -> int:
@@ -53,23 +57,20 @@ def ms(when: datetime) -> int:
 
 def measure(run: SessionRun) -> dict[str, int | Decimal | str]:
     s = run.session
-    joined = run.webhook("participant_joined", run.agent)
-    left = run.webhook("participant_left", run.agent)
-    joined_ms = int(joined.event.participant.joined_at_ms)
-    server = get_policy(s.policy).rule(Resource.AGENT_SESSION)
+    joined_ms = int(run.webhook("participant_joined", run.agent).event.participant.joined_at_ms)
+    left_ms = run.webhook("participant_left", run.agent).arrived_ms
     return {
         "start": ms(s.start) - joined_ms,
-        "end": ms(s.end) - left.arrived_ms,
-        "end_created": ms(s.end) - left.created_ms,
+        "end": ms(s.end) - left_ms,
         "agent_ms": s.raw,
-        "server_ms": left.created_ms - joined_ms,
+        "server_ms": left_ms - joined_ms,
         "billed": s.quantity,
-        "billed_server": server.quantity(left.created_ms - joined_ms),
-        "per_second": PER_SECOND.quantity(s.raw),
-        "per_second_server": PER_SECOND.quantity(left.created_ms - joined_ms),
-        "lost": run.marks["killed"] - ms(s.end) if run.end == "stale" else 0,
-        "closed_by": str(s.meta.get("closed_by") or f"agent ({s.meta.get('end_cause')})"),
-        "stt_s": sum((r.quantity for r in run.records if r.resource is Resource.STT), Decimal(0)),
+        "billed_server": get_policy(s.policy).quantity(s.resource, left_ms - joined_ms),
+        "per_second": PER_SECOND.quantity(s.resource, s.raw),
+        "per_second_server": PER_SECOND.quantity(s.resource, left_ms - joined_ms),
+        "lost": run.marks["killed"] - ms(s.end) if "killed" in run.marks else 0,
+        "closed_by": str(s.meta.get("closed_by") or f"the agent ({s.meta.get('end_cause')})"),
+        "stt": sum((r.quantity for r in run.records if r.resource is Resource.STT), Decimal(0)),
     }
 
 
@@ -79,23 +80,28 @@ def spread(values: list[int]) -> str:
     return f"{statistics.median(values):+.0f} / {worst:+d}"
 
 
+def total(rows: list[dict[str, int | Decimal | str]], key: str) -> Decimal:
+    return sum((Decimal(r[key]) for r in rows), Decimal(0))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=5, help="sessions per end cause")
+    parser.add_argument("--hold", type=float, default=12.0, help="seconds between the reply and the end")
     parser.add_argument("--causes", default=",".join(ENDS), help=f"comma-separated, of {', '.join(ENDS)}")
     args = parser.parse_args()
     binary = os.environ.get(SERVER_ENV)
     if not binary:
         sys.exit(f"set {SERVER_ENV} to a livekit-server binary (.ci/run installs one)")
     causes = args.causes.split(",")
+    results: dict[str, list[dict[str, int | Decimal | str]]] = {cause: [] for cause in causes}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         stack = Stack(binary, Path(tmp), close_stale_after=timedelta(seconds=8)).start()
-        results: dict[str, list[dict[str, int | Decimal | str]]] = {cause: [] for cause in causes}
         try:
             for i in range(args.sessions):
                 for cause in causes:  # interleaved: the machine's load spreads over every cause alike
                     stack.ensure_worker()
-                    run = await run_session(stack, cause, SCRIPT, workdir=Path(tmp))
+                    run = await run_session(stack, cause, SCRIPT, workdir=Path(tmp), hold=args.hold)
                     results[cause].append(measure(run))
                     print(f"  {i + 1}/{args.sessions} {cause}: {results[cause][-1]}", file=sys.stderr)
         finally:
@@ -104,29 +110,26 @@ async def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}; livekit-server {stack.version}, livekit-agents {version('livekit-agents')}, "
-        f"livekit {version('livekit')}; {args.sessions} sessions per cause, one at a time"
+        f"livekit {version('livekit')}; {args.sessions} sessions per cause, one at a time, "
+        f"{args.hold:g} s held after the reply"
     )
     print()
     print(
-        "| end cause | closed by | start − server join, ms (median / worst) | end − server leave, ms "
-        "(median / worst) | end − leave `created_at` (s resolution) | agent / server session s, median "
-        "| billed min, agent / from server | per-second policy s, agent / server | lost at a kill, ms |"
+        "| end cause | closed by | agent start − server join, ms | agent end − server leave, ms "
+        "| session s, agent / server (median) | billed minutes, agent / server | per-second policy s, "
+        "agent / server | STT s billed | kill to billed end, ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for cause, rows in results.items():
-        closed = sorted({str(r["closed_by"]) for r in rows})
+        closed = ", ".join(sorted({str(r["closed_by"]) for r in rows}))
         agent_s = statistics.median(int(r["agent_ms"]) for r in rows) / 1000
         server_s = statistics.median(int(r["server_ms"]) for r in rows) / 1000
-        billed = sum(Decimal(r["billed"]) for r in rows)
-        billed_server = sum(Decimal(r["billed_server"]) for r in rows)
-        per_second = sum(Decimal(r["per_second"]) for r in rows)
-        per_second_server = sum(Decimal(r["per_second_server"]) for r in rows)
-        lost = spread([int(r["lost"]) for r in rows]) if cause == "stale" else ""
+        lost = spread([int(r["lost"]) for r in rows]) if any(r["lost"] for r in rows) else ""
+        start, end = spread([int(r["start"]) for r in rows]), spread([int(r["end"]) for r in rows])
         print(
-            f"| {cause} | {', '.join(closed)} | {spread([int(r['start']) for r in rows])} "
-            f"| {spread([int(r['end']) for r in rows])} | {spread([int(r['end_created']) for r in rows])} "
-            f"| {agent_s:.2f} / {server_s:.2f} | {billed} / {billed_server} "
-            f"| {per_second} / {per_second_server} | {lost} |"
+            f"| {cause} | {closed} | {start} | {end} "
+            f"| {agent_s:.2f} / {server_s:.2f} | {total(rows, 'billed')} / {total(rows, 'billed_server')} "
+            f"| {total(rows, 'per_second')} / {total(rows, 'per_second_server')} | {total(rows, 'stt')} | {lost} |"
         )
 
 

@@ -68,7 +68,7 @@ def agrees_with_the_server(run: SessionRun) -> None:
     policy, differ by at most one rounding increment."""
     s = run.session
     joined_ms, left_ms = run.presence_ms(run.agent)
-    rule = get_policy(s.policy).rule(Resource.AGENT_SESSION)
+    rule = get_policy(s.policy).rule(s.resource)
     from_server = rule.quantity(left_ms - joined_ms)
     increment = Decimal(rule.increment) / UNIT_SIZE[rule.unit]
     assert abs(s.quantity - from_server) <= increment, (s.quantity, from_server, s.raw, left_ms - joined_ms)
@@ -81,6 +81,13 @@ async def billed_once(collector: CollectorClient, run: SessionRun) -> None:
     for r in run.records:
         expected[r.resource.value] = expected.get(r.resource.value, Decimal(0)) + r.quantity
     assert {k: Decimal(v) for k, v in usage.items() if Decimal(v)} == {k: v for k, v in expected.items() if v}
+
+
+def stt_kept_until_the_kill(run: SessionRun) -> None:
+    """The STT stream never closed, but its last running figure (a checkpoint every second) is stored."""
+    stt = only(run.records, Resource.STT)
+    assert stt.status is Status.CHECKPOINT and stt.raw >= 1000 and ms(stt.end) <= run.marks["killed"], stt
+    assert stt.quantity == math.ceil(stt.raw / 1000)
 
 
 def ms(when: datetime) -> int:
@@ -171,6 +178,7 @@ async def test_a_job_process_killed_mid_session_without_webhooks_is_closed_at_it
     assert s.status is Status.OK and s.meta["closed_by"] == "stale-checkpoint"
     assert run.checkpoint is not None and run.checkpoint.end <= s.end and ms(s.end) <= run.marks["killed"]
     assert all(hook.answer is None for hook in run.webhooks)  # none reached the collector
+    stt_kept_until_the_kill(run)
 
     # The webhooks arrive late after all: they change nothing, and nothing is billed twice.
     answers = await lk.release(run.room)
@@ -193,4 +201,5 @@ async def test_a_worker_sigkilled_mid_session_is_closed_by_the_servers_participa
     assert checkpoint is not None and s.start == checkpoint.start
     assert ms(s.end) == max(left.created_ms, ms(checkpoint.end))
     agrees_with_the_server(run)
+    stt_kept_until_the_kill(run)
     await billed_once(collector, run)

@@ -9,8 +9,8 @@ A real ``AgentServer`` worker (PROCESS executor) registers with the LiveKit serv
 transcriptions out) with the scripted STT, LLM and TTS of ``livekit_metering.scripted`` in the
 Metered adapters: only the paid providers are scripted. The dispatch metadata says what the caller
 "says" (the scripted STT hears the next line once the caller's audio has reached it) and how the job
-ends: ``shutdown`` (``ctx.shutdown()`` after the conversation) or ``stay`` (until the room ends it,
-or a kill).
+ends: ``shutdown`` (``ctx.shutdown()`` ``hold`` seconds after the conversation) or ``stay`` (until
+the room ends it, or a kill).
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ async def converse(ctx: JobContext) -> None:
         await asyncio.to_thread(Path(plan["pid_file"]).write_text, str(os.getpid()))
 
     stt = ScriptedSTT()
+    # The STT stream's running figure at the session's checkpoint interval (MeteredSTT's own default is
+    # 15 s), so a kill mid-session leaves it on disk too.
+    interval = float(os.environ.get("LIVEKIT_METERING_CHECKPOINT_INTERVAL", "15"))
     session: AgentSession[None] = AgentSession(
-        stt=MeteredSTT(stt),
+        stt=MeteredSTT(stt, checkpoint_interval=interval),
         llm=MeteredLLM(ScriptedLLM([reply for _, reply in script])),
         tts=MeteredTTS(ScriptedTTS()),
         turn_handling=cast(TurnHandlingOptions, TURN_HANDLING),
@@ -65,6 +68,7 @@ async def converse(ctx: JobContext) -> None:
         stt.say(line)
         await _wait(lambda: len(replies) >= answered and state[-1] == "listening")  # noqa: B023
     if plan.get("end") == "shutdown":
+        await asyncio.sleep(float(plan.get("hold", 0)))
         ctx.shutdown("conversation over")
 
 

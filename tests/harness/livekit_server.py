@@ -545,7 +545,7 @@ class SessionRun:
 
     @property
     def session(self) -> MeterRecord:
-        return only(self.records, Resource.AGENT_SESSION)
+        return session_time(self.records)
 
     @property
     def agent(self) -> str:
@@ -563,16 +563,22 @@ class SessionRun:
         return int(joined), self.webhook("participant_left", identity).created_ms
 
 
-async def run_session(stack: Stack, end: str, script: Script, *, workdir: Path) -> SessionRun:
+async def run_session(stack: Stack, end: str, script: Script, *, workdir: Path, hold: float = 0.0) -> SessionRun:
     """Create a room dispatching the metered agent, join it as the caller, let the agent answer every
-    line, end the session the ``end`` way, and wait for the collector's final record of it."""
+    line, wait ``hold`` seconds, end the session the ``end`` way, and wait for the collector's final
+    record of it."""
     assert end in ENDS, end
     collector = CollectorClient(stack.collector_url)
     room = unique_room(end)
     pid_file = workdir / f"{room}.pid"
     if end == "stale":
         stack.tap.hold(room)
-    metadata = {"script": script, "end": "shutdown" if end == "shutdown" else "stay", "pid_file": str(pid_file)}
+    metadata = {
+        "script": script,
+        "end": "shutdown" if end == "shutdown" else "stay",
+        "hold": hold,
+        "pid_file": str(pid_file),
+    }
     created = await create_room(stack.server, room, json.dumps(metadata))
     caller = Caller(stack.server.ws_url, room)
     marks: dict[str, int] = {}
@@ -581,6 +587,8 @@ async def run_session(stack: Stack, end: str, script: Script, *, workdir: Path) 
     try:
         replies = [reply for _, reply in script]
         await until(lambda: caller.agent_said() == replies, f"the agent's replies {replies}, heard by the caller")
+        if end != "shutdown":
+            await asyncio.sleep(hold)
         if end == "shutdown":
             await until(lambda: _agent_left(stack, room), "the agent leaving the room")
         elif end == "deleted":
@@ -608,6 +616,14 @@ def only(records: list[MeterRecord], resource: Resource) -> MeterRecord:
     return found[0]
 
 
+def session_time(records: list[MeterRecord]) -> MeterRecord:
+    """The job's one record of the agent's own time: ``agent_session`` (an agent deployed to LiveKit
+    Cloud), or the record marked ``meta.session_time`` (a self-hosted agent's ``connection``)."""
+    found = [r for r in records if r.resource is Resource.AGENT_SESSION or r.meta.get("session_time") is True]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def _agent_left(stack: Stack, room: str) -> Webhook | None:
     for hook in stack.tap.seen(room):
         if hook.name == "participant_left" and hook.event.participant.kind == models.ParticipantInfo.Kind.AGENT:
@@ -622,9 +638,8 @@ async def _checkpoint_stored(collector: CollectorClient, room: str) -> MeterReco
         session = await collector.session(room)
         if session is None:
             return None
-        records = await collector.records(session["session_id"])
-        found = [r for r in records if r.resource is Resource.AGENT_SESSION]
-        return found[0] if found and found[0].status is Status.CHECKPOINT and found[0].raw > 0 else None
+        found = session_time(await collector.records(session["session_id"]))
+        return found if found.status is Status.CHECKPOINT and found.raw > 0 else None
 
     return await until(stored, f"a checkpoint of the session in {room}")
 
@@ -641,7 +656,7 @@ async def _final_records(
         if session is None or session["state"] != "closed":
             return None
         records = await collector.records(session["session_id"])
-        s = only(records, Resource.AGENT_SESSION)
+        s = session_time(records)
         return records if s.is_final and s.meta.get("closed_by") == closed_by else None
 
     return await until(final, f"the agent session in {room} closed by {closed_by or 'the agent'}", timeout)
