@@ -15,7 +15,7 @@ caller already share it. About a minute and a half in all, most of it real conve
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +25,7 @@ from harness.livekit_server import CollectorClient, SessionRun, Stack, only, run
 from livekit.protocol import models
 
 from livekit_metering.rates import get_policy
-from livekit_metering.records import UNIT_SIZE, Resource, Status
+from livekit_metering.records import UNIT_SIZE, MeterRecord, Resource, Status
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +75,21 @@ def agrees_with_the_server(run: SessionRun) -> None:
 
 
 async def billed_once(collector: CollectorClient, run: SessionRun) -> None:
-    """The room's usage in the collector's roll-ups is each stored record counted exactly once."""
-    usage = await collector.usage_of_room(run.room)
-    expected: dict[str, Decimal] = {}
-    for r in run.records:
-        expected[r.resource.value] = expected.get(r.resource.value, Decimal(0)) + r.quantity
-    assert {k: Decimal(v) for k, v in usage.items() if Decimal(v)} == {k: v for k, v in expected.items() if v}
+    """Each usage billed once: the room's usage is its session's records, one row per usage, and the
+    project's month-to-date roll-ups (what invoices are made of) equal every stored record summed, after
+    all the webhooks, checkpoints and final records that reached the collector."""
+    in_room = {k: v for k, v in (await collector.usage("room")).items() if k[0] == run.room}
+    assert in_room == totals(run.records, lambda r: run.room)
+    assert await collector.usage("resource") == totals(await collector.all_records(), lambda r: r.resource.value)
+
+
+def totals(records: list[MeterRecord], key: Callable[[MeterRecord], str]) -> dict[tuple[str, str], Decimal]:
+    """Billed quantity per (group key, resource), zeros left out."""
+    summed: dict[tuple[str, str], Decimal] = {}
+    for r in records:
+        group = (key(r), r.resource.value)
+        summed[group] = summed.get(group, Decimal(0)) + r.quantity
+    return {k: v for k, v in summed.items() if v}
 
 
 def stt_kept_until_the_kill(run: SessionRun) -> None:

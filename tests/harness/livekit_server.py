@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -441,11 +442,21 @@ class CollectorClient:
         data = await self.get(f"/v1/sessions/{session_id}/records")
         return [MeterRecord.from_json({k: v for k, v in r.items() if k != "cost"}) for r in data["records"]]
 
-    async def usage_of_room(self, room: str) -> dict[str, str]:
-        """Billed quantity per resource for ``room``, from the collector's roll-ups."""
-        since = (datetime.now(timezone.utc) - timedelta(days=2)).date().isoformat()
-        data = await self.get("/v1/usage", group_by="room", since=since)
-        return {row["resource"]: row["quantity"] for row in data["rows"] if row["key"] == room}
+    async def usage(self, group_by: str) -> dict[tuple[str, str], Decimal]:
+        """Billed quantity per (group key, resource) since yesterday: ``room`` sums the stored records,
+        the other groupings read the roll-ups that invoices are made of."""
+        since = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+        data = await self.get("/v1/usage", group_by=group_by, since=since)
+        usage: dict[tuple[str, str], Decimal] = {}
+        for row in data["rows"]:
+            key = (row["key"], row["resource"])
+            usage[key] = usage.get(key, Decimal(0)) + Decimal(row["quantity"])
+        return {key: quantity for key, quantity in usage.items() if quantity}
+
+    async def all_records(self) -> list[MeterRecord]:
+        """Every record of every session the collector holds."""
+        sessions = (await self.get("/v1/sessions", limit="1000"))["sessions"]
+        return [r for session in sessions for r in await self.records(session["session_id"])]
 
 
 # -- the caller -------------------------------------------------------------------------------------------
