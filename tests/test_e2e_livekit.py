@@ -14,6 +14,7 @@ caller already share it. About a minute and a half in all, most of it real conve
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -64,22 +65,39 @@ def collector(stack: Stack) -> CollectorClient:
 
 
 def agrees_with_the_server(run: SessionRun) -> None:
-    """The agent's billed session and the one the server's join and leave times give, under the record's
-    policy, differ by at most one rounding increment."""
+    """The agent's billed session time and what the webhooks report for the agent participant differ by
+    at most one rounding increment: the server's join and leave times as the tap saw them, and the
+    ``connection`` usage the collector derived from them (the same record once the agent writes its own
+    time as ``connection``, issue 16)."""
     s = run.session
     joined_ms, left_ms = run.presence_ms(run.agent)
     rule = get_policy(s.policy).rule(s.resource)
-    from_server = rule.quantity(left_ms - joined_ms)
     increment = Decimal(rule.increment) / UNIT_SIZE[rule.unit]
+    from_server = rule.quantity(left_ms - joined_ms)
     assert abs(s.quantity - from_server) <= increment, (s.quantity, from_server, s.raw, left_ms - joined_ms)
+    from_webhooks = run.connection(run.agent)
+    assert from_webhooks.meta.get("session_time") is True and from_webhooks.session_id == s.session_id
+    assert abs(s.quantity - from_webhooks.quantity) <= increment, (s, from_webhooks)
+
+
+def caller_connection_from_webhooks(run: SessionRun) -> None:
+    """The caller's WebRTC minutes, which only the server sees: from its join to its leave as the
+    webhooks report them, in the room's own usage (hand-calculated from the tap's copies)."""
+    c = run.connection("caller")
+    joined_ms, left_ms = run.presence_ms("caller")
+    assert c.session_id == f"room:{run.room_sid}" and c.status is Status.OK and c.meta["source"] == "webhook"
+    assert (ms(c.start), ms(c.end)) == (joined_ms, left_ms) and c.raw == left_ms - joined_ms
+    assert c.quantity == math.ceil(c.raw / MINUTE_MS)
 
 
 async def billed_once(collector: CollectorClient, run: SessionRun) -> None:
-    """Each usage billed once: the room's usage is its session's records, one row per usage, and the
-    project's month-to-date roll-ups (what invoices are made of) equal every stored record summed, after
-    all the webhooks, checkpoints and final records that reached the collector."""
+    """Each usage billed once: the room's usage is its records (the agent's session and the usage its
+    webhooks reported), one row per usage, and the project's month-to-date roll-ups (what invoices are
+    made of) equal every stored record summed, after all the webhooks, checkpoints and final records
+    that reached the collector."""
     in_room = {k: v for k, v in (await collector.usage("room")).items() if k[0] == run.room}
-    assert in_room == totals(run.records, lambda r: run.room)
+    assert in_room == totals(run.room_records, lambda r: run.room)
+    assert len({r.id for r in run.room_records}) == len(run.room_records)
     assert await collector.usage("resource") == totals(await collector.all_records(), lambda r: r.resource.value)
 
 
@@ -93,10 +111,19 @@ def totals(records: list[MeterRecord], key: Callable[[MeterRecord], str]) -> dic
 
 
 def stt_kept_until_the_kill(run: SessionRun) -> None:
-    """The STT stream never closed, but its last running figure (a checkpoint every second) is stored."""
+    """The STT stream never closed, but its last running figure (a checkpoint every second) is stored:
+    as it is, or closed there by the stale sweep (flagged, so a later real end would still win)."""
     stt = only(run.records, Resource.STT)
-    assert stt.status is Status.CHECKPOINT and stt.raw >= 1000 and ms(stt.end) <= run.marks["killed"], stt
+    assert stt.raw >= 1000 and ms(stt.end) <= run.marks["killed"], stt
+    if stt.status is not Status.CHECKPOINT:
+        assert stt.meta["closed_by"] == "stale-checkpoint" and stt.meta["flag"] == "no-end", stt
     assert stt.quantity == math.ceil(stt.raw / 1000)
+
+
+async def run_after_release(collector: CollectorClient, run: SessionRun) -> SessionRun:
+    """``run`` as the collector holds it now."""
+    session = await collector.records(run.session.session_id)
+    return dataclasses.replace(run, records=session, room_records=await collector.room_records(run.room))
 
 
 def ms(when: datetime) -> int:
@@ -142,8 +169,10 @@ async def test_ctx_shutdown_after_a_conversation_is_metered_once_and_agrees_with
     assert stt.meta["provider_ms"] >= 2 * 500  # the caller's audio reached the scripted STT before each line
     assert stt.quantity == math.ceil(stt.raw / 1000)
 
-    # Each usage billed once, though the agent's participant_left webhook reached the collector too.
+    # The project's usage the server alone reports, and each usage billed once, though the agent's
+    # participant_left webhook reached the collector too.
     assert {hook.answer for hook in run.webhooks} == {200}
+    caller_connection_from_webhooks(run)
     await billed_once(collector, run)
 
 
@@ -159,6 +188,7 @@ async def test_the_room_deleted_through_the_room_service_ends_the_session_with_t
     assert run.webhook("participant_left", run.agent).disconnect_reason == "ROOM_DELETED"
     assert ms(s.end) >= run.marks["deleted"]  # never billed short of the deletion
     agrees_with_the_server(run)
+    caller_connection_from_webhooks(run)
     await billed_once(collector, run)
 
 
@@ -175,6 +205,7 @@ async def test_the_caller_leaving_closes_the_room_and_the_agents_session_ends_wi
     assert s.meta["end_cause"] == "room_ended" and s.meta["disconnect_reason"] == "ROOM_CLOSED", s.meta
     assert run.caller.left_ms is not None and ms(s.end) > run.caller.left_ms
     agrees_with_the_server(run)
+    caller_connection_from_webhooks(run)
     await billed_once(collector, run)
 
 
@@ -189,11 +220,17 @@ async def test_a_job_process_killed_mid_session_without_webhooks_is_closed_at_it
     assert all(hook.answer is None for hook in run.webhooks)  # none reached the collector
     stt_kept_until_the_kill(run)
 
-    # The webhooks arrive late after all: they change nothing, and nothing is billed twice.
+    # The webhooks arrive late after all: the session's close stands, they add only the room's usage
+    # that nothing else reports (both participants' connections), and nothing is billed twice.
+    assert [r.id for r in run.room_records] == [r.id for r in run.records]
     answers = await lk.release(run.room)
     assert len(answers) == len(run.webhooks) and set(answers) == {200}
-    assert await collector.records(s.session_id) == run.records
-    await billed_once(collector, run)
+    late = await run_after_release(collector, run)
+    assert late.session == s
+    added = {r.id for r in late.room_records} - {r.id for r in run.records}
+    assert added == {late.connection("caller").id, late.connection(run.agent).id}
+    caller_connection_from_webhooks(late)
+    await billed_once(collector, late)
 
 
 async def test_a_worker_sigkilled_mid_session_is_closed_by_the_servers_participant_left_webhook(
@@ -210,5 +247,6 @@ async def test_a_worker_sigkilled_mid_session_is_closed_by_the_servers_participa
     assert checkpoint is not None and s.start == checkpoint.start
     assert ms(s.end) == max(left.created_ms, ms(checkpoint.end))
     agrees_with_the_server(run)
+    caller_connection_from_webhooks(run)
     stt_kept_until_the_kill(run)
     await billed_once(collector, run)

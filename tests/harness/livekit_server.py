@@ -41,13 +41,13 @@ from livekit import api, rtc
 from livekit.protocol import models
 
 from livekit_metering.collector.testing import run_collector, sign
-from livekit_metering.records import MeterRecord, Resource, Status
+from livekit_metering.records import MeterRecord, Resource, Status, participant_usage_id
 
 T = TypeVar("T")
 
 SERVER_ENV = "LIVEKIT_METERING_TEST_SERVER"
 API_KEY = "APIe2emetering"
-API_SECRET = "e2e-metering-secret-for-loopback-only-0123"  # the server wants 32+ characters
+API_SECRET = "e2e-metering-secret-for-loopback-only-0123"  # 32+ characters, as the server asks outside dev mode
 AGENT_NAME = "metered-e2e"
 AGENT_MODULE = Path(__file__).with_name("e2e_agent.py")
 CHECKPOINT_INTERVAL = 1.0  # seconds, the agent's (LIVEKIT_METERING_CHECKPOINT_INTERVAL)
@@ -434,9 +434,16 @@ class CollectorClient:
                 return await resp.json()
 
     async def session(self, room: str) -> dict[str, Any] | None:
-        sessions = (await self.get("/v1/sessions", room=room))["sessions"]
+        """The agent's session in ``room`` (one job per room here); the room's own usage from webhooks
+        (``room:<sid>``, the caller's connection) is not a session of an agent."""
+        sessions = [s for s in (await self.get("/v1/sessions", room=room))["sessions"] if s["agent_name"]]
         assert len(sessions) <= 1, f"one agent session per room, got {sessions}"
         return sessions[0] if sessions else None
+
+    async def room_records(self, room: str) -> list[MeterRecord]:
+        """Every record of ``room``: its agent's session and the usage its webhooks reported."""
+        sessions = (await self.get("/v1/sessions", room=room))["sessions"]
+        return [r for session in sessions for r in await self.records(session["session_id"])]
 
     async def records(self, session_id: str) -> list[MeterRecord]:
         data = await self.get(f"/v1/sessions/{session_id}/records")
@@ -551,12 +558,20 @@ class SessionRun:
     records: list[MeterRecord]
     webhooks: list[Webhook]
     caller: Caller
+    room_records: list[MeterRecord]  # the agent's session's records and the room's usage from webhooks
     marks: dict[str, int] = field(default_factory=dict)  # ms: "deleted", "killed"
     checkpoint: MeterRecord | None = None  # the collector's last checkpoint before a kill
 
     @property
     def session(self) -> MeterRecord:
         return session_time(self.records)
+
+    def connection(self, identity: str) -> MeterRecord:
+        """The participant's WebRTC ``connection`` usage, under the one id both sides give it."""
+        sid = self.webhook("participant_joined", identity).event.participant.sid
+        rid = participant_usage_id(self.room_sid, sid, Resource.CONNECTION)
+        (found,) = [r for r in self.room_records if r.id == rid]
+        return found
 
     @property
     def agent(self) -> str:
@@ -615,10 +630,12 @@ async def run_session(stack: Stack, end: str, script: Script, *, workdir: Path, 
             marks["killed"] = now_ms()
     finally:
         await caller.leave()
+    # The collector has answered the room's last webhook (or, held back, the tap has it).
     await until(lambda: stack.tap.find(room, "room_finished"), "room_finished")
     timeout = 60.0 + (stack.close_stale_after.total_seconds() if end == "stale" else 0)
     records = await _final_records(collector, room, ENDS[end], timeout)
-    return SessionRun(end, room, created.sid, records, stack.tap.seen(room), caller, marks, checkpoint)
+    room_records = await collector.room_records(room)
+    return SessionRun(end, room, created.sid, records, stack.tap.seen(room), caller, room_records, marks, checkpoint)
 
 
 def only(records: list[MeterRecord], resource: Resource) -> MeterRecord:
@@ -628,9 +645,10 @@ def only(records: list[MeterRecord], resource: Resource) -> MeterRecord:
 
 
 def session_time(records: list[MeterRecord]) -> MeterRecord:
-    """The job's one record of the agent's own time: ``agent_session`` (an agent deployed to LiveKit
-    Cloud), or the record marked ``meta.session_time`` (a self-hosted agent's ``connection``)."""
-    found = [r for r in records if r.resource is Resource.AGENT_SESSION or r.meta.get("session_time") is True]
+    """The job's record of the agent's own time: its ``agent_session`` when it wrote one, else the
+    ``connection`` marked ``meta.session_time`` (a self-hosted agent's time, from it or from webhooks)."""
+    own = [r for r in records if r.resource is Resource.AGENT_SESSION]
+    found = own or [r for r in records if r.meta.get("session_time") is True]
     assert len(found) == 1, found
     return found[0]
 
