@@ -9,7 +9,7 @@ receives the server's own webhooks. Each test then ends the session one way and 
 collector holds against what the server reported.
 
 One session at a time: the machine is small, and the server, the worker, its job process and the
-caller already share it. About a minute and a half in all, most of it real conversation time.
+caller already share it. About 50 s in all, most of it real conversation time and worker start-up.
 """
 
 from __future__ import annotations
@@ -206,6 +206,26 @@ async def test_the_caller_leaving_closes_the_room_and_the_agents_session_ends_wi
     assert run.caller.left_ms is not None and ms(s.end) > run.caller.left_ms
     agrees_with_the_server(run)
     caller_connection_from_webhooks(run)
+    await billed_once(collector, run)
+
+
+@pytest.mark.xfail(strict=True, reason="waits for issue 16: the agent side of the hosting rules")
+async def test_a_self_hosted_agent_on_its_own_server_is_billed_once_as_connection_time_livekit_does_not_bill(
+    lk: Stack, collector: CollectorClient, tmp_path: Path
+) -> None:
+    run = await run_session(lk, "shutdown", SCRIPT[:1], workdir=tmp_path)
+
+    # Against its own LiveKit server (not a LiveKit Cloud URL) the agent is self-hosted: its time is its
+    # participant's connection, one record under the id the webhooks give it too, with the agent's own
+    # figure, and LiveKit bills none of it (/work/dev/notes-16-13.md, session decisions 1, 2 and 4).
+    assert [r for r in run.records if r.resource is Resource.AGENT_SESSION] == []
+    s = run.session
+    assert s.resource is Resource.CONNECTION and s.id == run.connection(run.agent).id
+    assert "closed_by" not in s.meta and s.meta["end_cause"] == "shutdown"
+    assert s.provider == "self-hosted" and s.meta["hosting"] == "self-hosted" and s.meta["session_time"] is True
+    agrees_with_the_server(run)
+    invoice = await collector.get("/v1/invoice")
+    assert "connection via self-hosted" in invoice["not_billed_by_livekit"]
     await billed_once(collector, run)
 
 
