@@ -538,7 +538,7 @@ class Caller:
 
 Script = list[tuple[str, str]]  # (what the caller says, what the scripted LLM answers)
 
-# How a session ends, and who writes its final agent_session record (None: the agent itself).
+# How a session ends, and who writes its final session-time record (None: the agent itself).
 ENDS: dict[str, str | None] = {
     "shutdown": None,  # the agent calls ctx.shutdown() after the conversation
     "deleted": None,  # RoomService.DeleteRoom
@@ -676,7 +676,7 @@ async def _checkpoint_stored(collector: CollectorClient, room: str) -> MeterReco
 async def _final_records(
     collector: CollectorClient, room: str, closed_by: str | None, timeout: float
 ) -> list[MeterRecord]:
-    """The session's records once its agent_session record is final and closed by ``closed_by`` (None:
+    """The session's records once its session-time record is final and closed by ``closed_by`` (None:
     the agent's own final record). A webhook may close a session before the agent's final record
     arrives (the agent leaves the room before its job has shipped it); the agent's figure then wins."""
 
