@@ -413,9 +413,6 @@ class Stack:
         """``tap.release`` on the stack's loop, awaited from a test's loop."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.tap.release(room), self._loop))
 
-    def diagnostics(self) -> str:
-        return f"--- worker log ---\n{self.worker.log_tail()}\n--- server log ---\n{self.server.log_tail()}"
-
 
 # -- talking to the collector ----------------------------------------------------------------------------------
 
@@ -479,7 +476,6 @@ class Caller:
     identity: str = "caller"
     room: rtc.Room = field(default_factory=rtc.Room)
     heard: list[tuple[str, str]] = field(default_factory=list)  # (identity, final text)
-    sent_seconds: float = 0.0
     left_ms: int | None = None
     _pump: asyncio.Task[None] | None = None
     _readers: set[asyncio.Task[None]] = field(default_factory=set)
@@ -519,7 +515,6 @@ class Caller:
             samples = (np.sin(2 * np.pi * 440 * t / rate) * 6000).astype(np.int16)
             await source.capture_frame(rtc.AudioFrame(samples.tobytes(), rate, 1, n))
             phase += n
-            self.sent_seconds += n / rate
             next_at += n / rate
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
