@@ -213,7 +213,7 @@ async def test_a_self_hosted_agent_on_its_own_server_is_billed_once_as_connectio
 
     # Against its own LiveKit server (not a LiveKit Cloud URL) the agent is self-hosted: its time is its
     # participant's connection, one record under the id the webhooks give it too, with the agent's own
-    # figure, and LiveKit bills none of it (/work/dev/notes-16-13.md, session decisions 1, 2 and 4).
+    # figure, and LiveKit bills none of it (README, "Where the agent runs").
     assert [r for r in run.records if r.resource is Resource.AGENT_SESSION] == []
     s = run.session
     assert s.resource is Resource.CONNECTION
