@@ -8,7 +8,7 @@ in dev mode on loopback, a registered AgentServer worker running the metered age
 with the ``livekit`` SDK that publishes a tone and hears one scripted reply, then the end cause.
 Sessions run one at a time. Per session, against the server's webhooks for the agent participant:
 
-* start: the agent session's start minus ``ParticipantInfo.joined_at_ms`` (the server registers the join,
+* start: the agent's session-time record's start minus ``ParticipantInfo.joined_at_ms`` (the server registers the join,
   then the agent's ``connect()`` returns);
 * end: the session's end minus the time the server's ``participant_left`` webhook for the agent arrived
   (both on this host's clock; the event's own ``created_at`` has whole seconds only), so the server's

@@ -9,7 +9,7 @@ receives the server's own webhooks. Each test then ends the session one way and 
 collector holds against what the server reported.
 
 One session at a time: the machine is small, and the server, the worker, its job process and the
-caller already share it. About 50 s in all, most of it real conversation time and worker start-up.
+caller already share it. About a minute in all, most of it real conversation time and worker start-up.
 """
 
 from __future__ import annotations
