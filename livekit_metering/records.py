@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from collections.abc import Iterable
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "MAX_RAW",
     "RESOURCE_BASE_UNIT",
     "UNIT_BASE",
     "UNIT_SIZE",
@@ -147,6 +149,12 @@ UNIT_SIZE: dict[Unit, int] = {
 }
 
 
+# The largest amount one record carries, in base units (10**18 ms is 31 million years, 10**18 bytes an
+# exabyte): every figure derived from a record is then an exact 64-bit integer, and no conversion of a
+# number a client sends costs more than microseconds.
+MAX_RAW = 10**18
+
+
 class InvalidRecord(ValueError):
     """A meter record failed validation. The message names each bad field and what is wrong."""
 
@@ -174,8 +182,9 @@ def rfc3339(value: datetime) -> str:
 Quantity = Annotated[
     Decimal,
     # Before the validator, so pydantic-core checks it (after it, a Python function would).
-    # pydantic-core also refuses NaN and infinities for Decimal.
-    Field(ge=0),
+    # pydantic-core also refuses NaN and infinities for Decimal. The digit bounds come before any
+    # arithmetic: MAX_RAW has 19 digits, and no exact quantity has more than 9 decimals (1 byte in GB).
+    Field(ge=0, max_digits=28, decimal_places=9),
     BeforeValidator(_no_float),
     PlainSerializer(lambda d: format(d, "f"), return_type=str),
 ]
@@ -196,7 +205,7 @@ class MeterRecord(BaseModel):
     worker_id: Name = ""
     customer: Name = ""
     resource: Resource
-    raw: Annotated[StrictInt, Field(ge=0)]
+    raw: Annotated[StrictInt, Field(ge=0, le=MAX_RAW)]
     unit: Unit
     quantity: Quantity
     policy: Annotated[str, Field(min_length=1, max_length=64)]
@@ -216,9 +225,16 @@ class MeterRecord(BaseModel):
         start, end = self.start, self.end
         # Wire times are UTC to the millisecond already; only other times are normalised.
         if start.utcoffset() or end.utcoffset() or start.microsecond % 1000 or end.microsecond % 1000:
-            start, end = _utc_ms(start), _utc_ms(end)
+            try:
+                start, end = _utc_ms(start), _utc_ms(end)
+            except OverflowError:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+                raise ValueError("start and end must fall within years 1 to 9999 in UTC") from None
             object.__setattr__(self, "start", start)
             object.__setattr__(self, "end", end)
+        exponent = self.quantity.as_tuple().exponent
+        if not isinstance(exponent, int) or not -9 <= exponent <= 18:
+            # "0E-1000000" or "1.000000000000": an equal value that would print with every zero.
+            object.__setattr__(self, "quantity", self.quantity.normalize())
         base = RESOURCE_BASE_UNIT[self.resource]
         if UNIT_BASE[self.unit] is not base:
             fitting = ", ".join(u.value for u, b in UNIT_BASE.items() if b is base)
@@ -262,16 +278,22 @@ class MeterRecord(BaseModel):
 
 
 _HINTS = {"timezone_aware": "must carry a UTC offset (RFC 3339, e.g. 2026-11-27T10:00:00Z)"}
+_SHORT = reprlib.Repr()  # inputs as a few dozen characters at most
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlist = 1, 40, 40, 40, 3
+_MAX_ERRORS = 4
 
 
 def _describe(exc: ValidationError) -> str:
+    """A short reason: the first few errors, each input cut to a few dozen characters (a hostile
+    record may carry a megabyte of text or thousands of unknown fields)."""
     parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "record"
+    for err in exc.errors(include_url=False)[:_MAX_ERRORS]:
+        where = ".".join(str(p)[:40] for p in err["loc"]) or "record"
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) else f" (got {_SHORT.repr(got)})"
         parts.append(f"{where}: {_HINTS.get(err['type'], err['msg'])}{shown}")
-    return "invalid meter record: " + "; ".join(parts)
+    more = exc.error_count() - _MAX_ERRORS
+    return "invalid meter record: " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def parse_utc(value: str) -> datetime:

@@ -16,7 +16,10 @@ the room ends or the agent leaves, whichever comes first). Both rules make the e
 whatever order the deliveries come in, so totals are stable under redelivery and reordering.
 
 Roll-ups hold integer sums of *billable base units* (quantity x unit size: milliseconds, bytes,
-tokens, ...), which are exact, so month-to-date figures never go through floats.
+tokens, ...), which are exact, so month-to-date figures never go through floats. Every stored figure
+is a 64-bit integer: one record is bounded by validation (``records.MAX_RAW``), and a batch that
+would take a sum past ``MAX_STORED`` raises :class:`StoreLimit` in every store, which the collector
+answers as that batch's records ``rejected``: no other batch, in the same commit or not, is affected.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from ...records import UNIT_SIZE, MeterRecord, Resource, Unit
 
 __all__ = [
     "GROUPS",
+    "MAX_STORED",
     "Outcome",
     "SessionFilter",
     "SessionRow",
     "Store",
+    "StoreLimit",
     "Stored",
     "UsageRow",
     "billable_of",
@@ -49,6 +54,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 _DAY_MS = 86_400_000
 _DAYS: dict[int, str] = {}  # days since the epoch -> ISO day, filled by day_of
+
+
+MAX_STORED = 2**63 - 1  # SQLite INTEGER and PostgreSQL BIGINT
+
+
+class StoreLimit(Exception):
+    """A batch would take a stored figure out of the exact range the store keeps (``MAX_STORED``).
+    The batch is not stored; the message says why, for each of its records' ``rejected`` reason."""
 
 
 class Outcome(str, Enum):
