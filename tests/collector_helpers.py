@@ -96,9 +96,16 @@ async def post(
 
 
 async def get(
-    session: aiohttp.ClientSession, url: str, path: str, *, key: str = TEST_KEY, secret: str = TEST_SECRET
+    session: aiohttp.ClientSession,
+    url: str,
+    path: str,
+    *,
+    key: str = TEST_KEY,
+    secret: str = TEST_SECRET,
+    auth: str | None = None,
 ) -> tuple[int, Any]:
-    async with session.get(f"{url}{path}", headers={"Authorization": sign(key=key, secret=secret)}) as resp:
+    headers = {"Authorization": auth if auth is not None else sign(key=key, secret=secret)}
+    async with session.get(f"{url}{path}", headers=headers) as resp:
         return resp.status, await resp.json(content_type=None)
 
 

@@ -24,7 +24,7 @@ from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .openapi import openapi_spec
 from .pricing import Pricer
 from .queries import BadQuery, Queries
-from .store.base import Outcome, Store, StoreLimit, open_store
+from .store.base import Outcome, Store, StoreLimit, open_store, redacted
 from .webhooks import Webhooks
 
 __all__ = ["COLLECTOR", "Collector", "CollectorConfig", "create_app"]
@@ -331,7 +331,7 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
         the_store = store or open_store(config.database)
         await the_store.open()
         app[COLLECTOR] = Collector(config, the_store)
-        log.info("collector started", extra={"database": _redact(config.database), "projects": len(config.keys)})
+        log.info("collector started", extra={"database": redacted(config.database), "projects": len(config.keys)})
         sweeper = asyncio.create_task(_sweep(app[COLLECTOR])) if config.close_stale_after else None
         try:
             yield
@@ -356,10 +356,3 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
     app.router.add_get("/dashboard", dashboard_redirect)
     app.router.add_get("/dashboard/{path:.*}", get_dashboard)
     return app
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url

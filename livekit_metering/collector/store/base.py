@@ -312,11 +312,17 @@ def rollup_keys(item: Stored) -> tuple[tuple[str, str, str, str, str, str, str, 
 
 
 def open_store(url: str) -> Store:
-    """A store for a database URL: ``sqlite:///path``, a plain path, or ``postgresql://...``."""
+    """A store for a database URL: ``sqlite:///path``, a plain path, or ``postgresql://...`` (nothing
+    is opened until ``open()``). Any other scheme is a ValueError, never a file named after it."""
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
         return PostgresStore(url)
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme and scheme != "sqlite":
+        raise ValueError(
+            f"unsupported database {scheme[:20]}://...: use sqlite:///path.db (the default) or postgresql://user@host/db"
+        )
     from .sqlite import SqliteStore
 
     return SqliteStore(sqlite_path(url) or "metering.db")
@@ -325,3 +331,11 @@ def open_store(url: str) -> Store:
 def sqlite_path(url: str) -> str:
     """The file of a SQLite URL, like SQLAlchemy: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``."""
     return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for logs and messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
