@@ -27,7 +27,7 @@ from .queries import BadQuery, Queries
 from .store.base import Outcome, Store, StoreLimit, open_store, redacted
 from .webhooks import Webhooks
 
-__all__ = ["COLLECTOR", "Collector", "CollectorConfig", "create_app"]
+__all__ = ["COLLECTOR", "DRAIN", "Collector", "CollectorConfig", "Drain", "create_app"]
 
 log = logging.getLogger("livekit_metering.collector")
 
@@ -86,8 +86,22 @@ _REASONS = {
 }
 _ANSWERS = {outcome: (outcome.value, _REASONS.get(outcome, "")) for outcome in Outcome}  # status, reason
 
+
+@dataclass
+class Drain:
+    """Requests being handled, and whether the collector is shutting down. aiohttp's own graceful
+    shutdown stops reading from every connection at once, so a request whose body is still arriving
+    could never finish: ``serve`` first stops listening, answers new requests on kept-alive
+    connections 503 (retry elsewhere), and waits for ``idle`` before closing connections."""
+
+    active: int = 0
+    closing: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 COLLECTOR = web.AppKey("collector", Collector)
 CONFIG = web.AppKey("config", CollectorConfig)
+DRAIN = web.AppKey("drain", Drain)
 SESSION_COOKIE = "livekit_metering_session"
 
 # Every response: never framed, never sniffed, no Referer leaves the page. The dashboard runs only its
@@ -111,6 +125,12 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     started = time.monotonic()
     collector = request.app.get(COLLECTOR)
+    drain = request.app[DRAIN]
+    if drain.closing:
+        closing = _error(503, "the collector is shutting down; retry", **{"Retry-After": "1"})
+        closing.force_close()
+        return closing
+    drain.active += 1
     if collector is not None:
         collector.metrics.in_flight.inc()
     response: web.StreamResponse
@@ -133,6 +153,9 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         log.exception("unhandled error", extra={"route": route})
         response = _error(500, "internal error; the collector logged it")
     finally:
+        drain.active -= 1
+        if drain.active == 0 and drain.closing:
+            drain.idle.set()
         if collector is not None:
             collector.metrics.in_flight.dec()
     if collector is not None:
@@ -169,7 +192,11 @@ async def _read_body(request: web.Request, limits: Limits) -> bytes | None:
             408,
             f"the body did not arrive within {limits.body_timeout.total_seconds():.0f} s; send it faster or smaller",
         ) from None
-    except ConnectionError:
+    except ConnectionError as exc:
+        # The exception stays on the request's payload stream; its traceback holds the frames that
+        # held the partial body, in a cycle: cut it, so the body is freed now rather than at a full
+        # garbage collection (rare with the thresholds serve sets).
+        exc.__traceback__ = None
         log.info("client went away while sending its body", extra={"route": request.path})
         return None
 
@@ -325,6 +352,7 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
         handler_args={"auto_decompress": False, "keepalive_timeout": 75.0, "lingering_time": 2.0},
     )
     app[CONFIG] = config
+    app[DRAIN] = Drain()
     app.on_response_prepare.append(_security_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

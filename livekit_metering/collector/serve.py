@@ -5,9 +5,10 @@ served: the options, the keys, the port (bound here, so a port another process h
 not shared), then the database (opened and migrated once, here, before any worker starts). Each
 problem is one line saying what to change (:class:`ServeError`).
 
-run_app handles SIGINT/SIGTERM gracefully: it stops accepting connections, lets in-flight requests
-finish (each is acknowledged only after its commit), then closes the store. Nothing acknowledged
-is lost, and nothing half-received was acknowledged.
+SIGINT/SIGTERM stop it gracefully: it stops listening, lets the requests in flight finish (bodies
+still arriving included; each is acknowledged only after its commit), answers 503 to new requests on
+kept-alive connections, then closes connections and the store. Nothing acknowledged is lost, and
+nothing half-received was acknowledged.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
 
-from .app import CollectorConfig, create_app
+from .app import DRAIN, CollectorConfig, create_app
 from .auth import BadKeys, KeyRing
 from .config import Limits
 from .logs import configure_logging
@@ -38,6 +38,8 @@ from .store.base import open_store, redacted
 __all__ = ["ServeError", "build_config", "prepare_database", "run_serve"]
 
 log = logging.getLogger("livekit_metering.collector")
+
+SHUTDOWN_TIMEOUT = 30.0  # seconds the requests in flight at SIGTERM may take to finish
 
 
 class ServeError(Exception):
@@ -174,7 +176,7 @@ def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8
     _tune_gc()
     log.info("listening", extra={"host": host, "port": port, "workers": workers})
     if workers == 1:
-        web.run_app(create_app(config), sock=socks[0], shutdown_timeout=30, print=None, access_log=None)
+        asyncio.run(_serve(create_app(config), socks[0]))
         return
     metrics_dir = tempfile.mkdtemp(prefix="livekit-metering-metrics-")
     share_between_processes(metrics_dir)
@@ -184,18 +186,16 @@ def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8
     children: list[int] = []
     for mine in socks:
         pid = os.fork()
-        if pid == 0:  # a worker: serves its own socket; run_app handles SIGTERM gracefully
+        if pid == 0:  # a worker: serves its own socket, stops gracefully on SIGTERM
             code = 0
             try:
                 os.close(parent_end)
                 for other in socks:
                     if other is not mine:
                         other.close()
-                app = create_app(config)
-                app.on_startup.append(_exit_with_parent(lifeline))
-                web.run_app(app, sock=mine, shutdown_timeout=30, print=None, access_log=None)
-            except (web.GracefulExit, KeyboardInterrupt):
-                pass  # SIGTERM before startup finished: nothing was acknowledged yet, a clean stop
+                asyncio.run(_serve(create_app(config), mine, lifeline=lifeline))
+            except KeyboardInterrupt:
+                pass
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -222,15 +222,34 @@ def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8
         raise SystemExit(status)
 
 
-def _exit_with_parent(lifeline: int) -> Callable[[web.Application], Awaitable[None]]:
-    async def watch(app: web.Application) -> None:
-        loop = asyncio.get_running_loop()
+async def _serve(app: web.Application, sock: socket.socket, *, lifeline: int | None = None) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM or SIGINT (or, with ``lifeline``, until the parent
+    process is gone: the read end of a pipe whose write end only the parent holds reports end-of-file),
+    then drain (see ``app.Drain``) for at most SHUTDOWN_TIMEOUT before closing."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if lifeline is not None:
 
         def parent_gone() -> None:
             loop.remove_reader(lifeline)
             log.warning("the parent process is gone; stopping")
-            os.kill(os.getpid(), signal.SIGTERM)
+            stop.set()
 
         loop.add_reader(lifeline, parent_gone)
-
-    return watch
+    # After the drain, what is still running has had SHUTDOWN_TIMEOUT already: a few more seconds.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        await stop.wait()
+        drain = app[DRAIN]
+        drain.closing = True
+        await site.stop()  # no new connections
+        if drain.active:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(drain.idle.wait(), SHUTDOWN_TIMEOUT)
+    finally:
+        await runner.cleanup()
