@@ -263,3 +263,39 @@ async def test_two_collectors_on_one_postgres_receive_the_same_records_concurren
         assert accepted == len(records)  # each id accepted exactly once across both collectors
         assert await usage_totals(http, one) == as_quantities(oracle(records))
         assert await usage_totals(http, two) == await usage_totals(http, one)
+
+
+# -- durability ------------------------------------------------------------------------------------
+
+
+async def test_every_sqlite_connection_is_durable(tmp_path: Path) -> None:
+    """The collector acknowledges only after a commit that survives a power cut: WAL with
+    synchronous=FULL on every connection the store opens (a process kill cannot tell NORMAL or OFF apart)."""
+    async with open_store(f"sqlite:///{tmp_path}/durable.db") as store:
+        connections = {id(c): c for c in (store._writer, store._reader, store._planner)}  # type: ignore[attr-defined]
+        assert len(connections) == 3
+        for conn in connections.values():
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+async def test_every_postgres_connection_commits_synchronously_whatever_the_servers_default(pg_url: str) -> None:
+    import asyncpg
+
+    name = f"lm_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit TO off')  # as a tuned server might
+        async with open_store(pg_url.rsplit("/", 1)[0] + "/" + name) as store:
+            pool = store.pool  # type: ignore[attr-defined]
+            connections = [await pool.acquire() for _ in range(3)]
+            try:
+                for conn in connections:
+                    assert await conn.fetchval("SHOW synchronous_commit") == "on"
+            finally:
+                for conn in connections:
+                    await pool.release(conn)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
