@@ -139,3 +139,34 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+class _Forked(Exception):
+    pass
+
+
+def test_the_database_is_set_up_before_the_first_worker_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers switching a fresh SQLite file to WAL at once could fail with "database is locked":
+    the parent sets the database up (WAL, every migration) before it forks anyone."""
+    import sqlite3
+
+    from livekit_metering.collector import serve
+    from livekit_metering.collector.store.sqlite import MIGRATIONS
+
+    monkeypatch.setenv("LIVEKIT_API_KEY", TEST_KEY)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", TEST_SECRET)
+    for process_wide in ("configure_logging", "_tune_gc", "share_between_processes"):
+        monkeypatch.setattr(serve, process_wide, lambda *a: None)
+    db = tmp_path / "fresh.db"
+    seen: dict[str, object] = {}
+
+    def fork() -> int:
+        with sqlite3.connect(db) as conn:
+            seen["journal"] = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            seen["version"] = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+        raise _Forked
+
+    monkeypatch.setattr(os, "fork", fork)
+    with pytest.raises(_Forked):
+        serve.run_serve(serve.build_config(database=f"sqlite:///{db}"), port=free_port(), workers=2)
+    assert seen == {"journal": "wal", "version": len(MIGRATIONS)}

@@ -184,26 +184,28 @@ def run_serve(config: CollectorConfig, *, host: str = "127.0.0.1", port: int = 8
     # kernel closes the write end, the read end reports end-of-file, and the worker stops gracefully.
     lifeline, parent_end = os.pipe()
     children: list[int] = []
-    for mine in socks:
-        pid = os.fork()
-        if pid == 0:  # a worker: serves its own socket, stops gracefully on SIGTERM
-            code = 0
-            try:
-                os.close(parent_end)
-                for other in socks:
-                    if other is not mine:
-                        other.close()
-                asyncio.run(_serve(create_app(config), mine, lifeline=lifeline))
-            except KeyboardInterrupt:
-                pass
-            except BaseException:
-                log.exception("worker failed")
-                code = 1
-            os._exit(code)
-        children.append(pid)
-    os.close(lifeline)
-    for sock in socks:
-        sock.close()
+    try:
+        for mine in socks:
+            pid = os.fork()
+            if pid == 0:  # a worker: serves its own socket, stops gracefully on SIGTERM
+                code = 0
+                try:
+                    os.close(parent_end)
+                    for other in socks:
+                        if other is not mine:
+                            other.close()
+                    asyncio.run(_serve(create_app(config), mine, lifeline=lifeline))
+                except KeyboardInterrupt:
+                    pass
+                except BaseException:
+                    log.exception("worker failed")
+                    code = 1
+                os._exit(code)
+            children.append(pid)
+    finally:
+        os.close(lifeline)
+        for sock in socks:
+            sock.close()
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
