@@ -59,9 +59,10 @@ def test_the_collector_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIVEKIT_API_KEY", TEST_KEY)
     monkeypatch.setenv("LIVEKIT_API_SECRET", TEST_SECRET)
     serve = _serve_defaults()
-    options = {name: value for name, value in serve.items() if name not in ("host", "database", "keys", "prices_file")}
     # What `serve` runs with: its option defaults, through build_config.
-    limits = build_config(**{k: v for k, v in options.items() if k not in ("port", "workers")}).limits
+    limited = ("max_body_bytes", "max_batch", "max_past_days", "max_future_seconds", "max_token_minutes")
+    limited += ("body_timeout_seconds", "dashboard_session_hours")
+    limits = build_config(**{name: serve[name] for name in limited}).limits
     for configured in (limits, Limits()):
         mib, batch = documented(r"`--max-body-bytes` \((\d+) MiB\), `--max-batch` \((\d+)\)")
         assert (configured.max_body_bytes, configured.max_batch) == (number(mib) * 2**20, number(batch))

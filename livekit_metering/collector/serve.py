@@ -1,4 +1,4 @@
-"""``livekit-metering serve``: configuration from options and environment, then aiohttp's run_app.
+"""``livekit-metering serve``: configuration from options and environment, then the app on its sockets.
 
 Everything that can be wrong with the command line is found before anything is created or
 served: the options, the keys, the port (bound here, so a port another process holds is refused,
@@ -33,6 +33,7 @@ from .auth import BadKeys, KeyRing
 from .config import Limits
 from .logs import configure_logging
 from .metrics import share_between_processes
+from .settings import Settings, SettingsError
 from .store.base import open_store, redacted
 
 __all__ = ["ServeError", "build_config", "prepare_database", "run_serve"]
@@ -59,6 +60,12 @@ def build_config(
     max_token_minutes: float | None = None,
     body_timeout_seconds: float | None = None,
     dashboard_session_hours: float | None = None,
+    config: str | None = None,
+    plan: str | None = None,
+    policy: str | None = None,
+    livekit_url: str | None = None,
+    invoice_grace_hours: float = 24,
+    close_joins_after_hours: float = 24,
 ) -> CollectorConfig:
     try:
         ring = KeyRing.from_env()
@@ -102,7 +109,25 @@ def build_config(
     except ValueError as exc:
         raise ServeError(str(exc)) from None
     stale = timedelta(minutes=close_stale_after_minutes) if close_stale_after_minutes > 0 else None
-    return CollectorConfig(database=database, keys=ring, limits=limits, prices=prices, close_stale_after=stale)
+    try:
+        settings = Settings.load(config) if config else Settings()
+        settings = settings.with_overrides(plan=plan, policy=policy, livekit_url=livekit_url)
+    except SettingsError as exc:
+        raise ServeError(str(exc)) from None
+    if not 0 <= invoice_grace_hours <= 24 * 31:
+        raise ServeError("--invoice-grace-hours must be between 0 and 744 (31 days)")
+    if close_joins_after_hours < 0:
+        raise ServeError("--close-joins-after-hours must be 0 (never) or more")
+    return CollectorConfig(
+        database=database,
+        keys=ring,
+        limits=limits,
+        prices=prices,
+        close_stale_after=stale,
+        settings=settings,
+        invoice_grace=timedelta(hours=invoice_grace_hours),
+        close_joins_after=timedelta(hours=close_joins_after_hours) if close_joins_after_hours else None,
+    )
 
 
 def prepare_database(url: str, timeout: float = 30.0) -> None:

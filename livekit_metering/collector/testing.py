@@ -33,15 +33,17 @@ async def run_collector(
     limits: Limits | None = None,
     port: int = 0,
     close_stale_after: timedelta | None = None,
-    sweep_every: timedelta = timedelta(seconds=60),
+    invoice_grace: timedelta | None = None,
+    **options: Any,
 ) -> AsyncIterator[str]:
     """Start the collector app on 127.0.0.1 (a free port by default) and yield its base URL.
 
     ``database``: a store URL (``sqlite:///...``, ``postgresql://...``); by default a SQLite file in a
     temporary directory removed afterwards. ``keys`` maps API key -> (secret, project); by default
     ``TEST_KEY``/``TEST_SECRET`` in project "default". Sign requests with :func:`sign`. The stale-session
-    sweep is off unless ``close_stale_after`` is given (test records are often hours old); it then
-    runs at start and every ``sweep_every``.
+    sweep is off unless ``close_stale_after`` is given (test records are often hours old), and months
+    are closed only when ``invoice_grace`` is given. Other ``CollectorConfig`` fields (``settings``,
+    ``clock``, ``sweep_every``, ...) pass through ``options``.
     """
     ring = keys if isinstance(keys, KeyRing) else KeyRing(keys or {TEST_KEY: (TEST_SECRET, "default")})
     with tempfile.TemporaryDirectory(prefix="collector-") as scratch:
@@ -51,7 +53,8 @@ async def run_collector(
             keys=ring,
             limits=limits or Limits(),
             close_stale_after=close_stale_after,
-            sweep_every=sweep_every,
+            invoice_grace=invoice_grace,
+            **options,
         )
         async with _serve(config, port) as base:
             yield base
