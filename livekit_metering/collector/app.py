@@ -386,12 +386,13 @@ async def post_dashboard_session(request: web.Request) -> web.Response:
     """The dashboard's sign-in: a short-lived read token (from the link's #fragment, which no server
     or log sees) in exchange for an HttpOnly, SameSite=Strict session cookie."""
     collector = _collector(request)
-    project = collector.keys.token(request.headers.get("Authorization"), collector.limits.max_token_lifetime)
+    token = collector.keys.token(request.headers.get("Authorization"), collector.limits.max_token_lifetime)
+    project = token.for_reading()
     lifetime = collector.limits.dashboard_session
-    response = web.json_response({"project": project.for_reading().name, "expires_in": int(lifetime.total_seconds())})
+    response = web.json_response({"project": project.name, "expires_in": int(lifetime.total_seconds())})
     response.set_cookie(
         SESSION_COOKIE,
-        collector.keys.session_cookie(project.project, lifetime),
+        collector.keys.session_cookie(project, lifetime),
         max_age=int(lifetime.total_seconds()),
         path="/",
         httponly=True,

@@ -150,7 +150,7 @@ _LIMIT = "a stored total would leave the exact 64-bit range"
 @contextlib.contextmanager
 def _savepoint(db: sqlite3.Connection, name: str) -> Iterator[None]:
     """Undo everything since entering on an exception; an int too large for SQLite or a roll-up out
-    of range (the migration-2 triggers) becomes StoreLimit."""
+    of range (the migration-3 triggers) becomes StoreLimit."""
     db.execute(f"SAVEPOINT {name}")
     try:
         yield
