@@ -166,6 +166,8 @@ def _no_float(value: Any) -> Any:
         raise ValueError('must be a decimal string such as "1.25", not a binary float')
     if isinstance(value, bool):
         raise ValueError("must be a decimal string, not a boolean")
+    if isinstance(value, str) and len(value) > 40:  # bounded before it becomes a Decimal
+        raise ValueError("must be a decimal string of at most 40 characters")
     return value
 
 
@@ -183,9 +185,8 @@ def rfc3339(value: datetime) -> str:
 Quantity = Annotated[
     Decimal,
     # Before the validator, so pydantic-core checks it (after it, a Python function would).
-    # pydantic-core also refuses NaN and infinities for Decimal. The digit bounds come before any
-    # arithmetic: MAX_RAW has 19 digits, and no exact quantity has more than 9 decimals (1 byte in GB).
-    Field(ge=0, max_digits=28, decimal_places=9),
+    # pydantic-core also refuses NaN and infinities for Decimal.
+    Field(ge=0),
     BeforeValidator(_no_float),
     PlainSerializer(lambda d: format(d, "f"), return_type=str),
 ]
@@ -232,10 +233,10 @@ class MeterRecord(BaseModel):
                 raise ValueError("start and end must fall within years 1 to 9999 in UTC") from None
             object.__setattr__(self, "start", start)
             object.__setattr__(self, "end", end)
-        exponent = self.quantity.as_tuple().exponent
-        if not isinstance(exponent, int) or not -9 <= exponent <= 18:
-            # "0E-1000000" or "1.000000000000": an equal value that would print with every zero.
-            object.__setattr__(self, "quantity", self.quantity.normalize())
+        # The magnitude, before any arithmetic on it: "1E+999990" is 10 characters, and a million digits
+        # to multiply or print. MAX_RAW has 19 digits; no exact quantity has more than 9 decimals.
+        if not -9 <= self.quantity.adjusted() <= 18:
+            raise ValueError("quantity must be below 10^19, with at most 9 decimal places")
         base = RESOURCE_BASE_UNIT[self.resource]
         if UNIT_BASE[self.unit] is not base:
             fitting = ", ".join(u.value for u, b in UNIT_BASE.items() if b is base)

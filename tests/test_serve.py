@@ -13,11 +13,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from collector_helpers import children_of, start_serve, stop_serve
 from typer.testing import CliRunner
 
 from livekit_metering.cli import app
+from livekit_metering.collector import serve
 from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, free_port, wait_healthy
 
 
@@ -30,7 +30,7 @@ def _fails_cleanly(
     def serving(*args: object, **kw: object) -> None:
         raise AssertionError("serve started serving instead of refusing")
 
-    monkeypatch.setattr(web, "run_app", serving)
+    monkeypatch.setattr(serve, "_serve", serving)
     monkeypatch.setenv("LIVEKIT_API_KEY", TEST_KEY)
     monkeypatch.setenv("LIVEKIT_API_SECRET", TEST_SECRET)
     for name, value in (env or {}).items():

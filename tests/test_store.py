@@ -299,3 +299,22 @@ async def test_every_postgres_connection_commits_synchronously_whatever_the_serv
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_fault_in_a_group_commit_fails_every_batch_in_it(tmp_path: Path) -> None:
+    """Batches of three projects share one SQLite commit; a fault while the second project's sessions
+    are written (a trigger stands in for a disk error) rolls it all back: each batch gets the error,
+    none waits forever, nothing is stored."""
+    import sqlite3
+
+    path = tmp_path / "fault.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        with sqlite3.connect(path) as other:
+            other.execute(
+                "CREATE TRIGGER fault BEFORE INSERT ON sessions WHEN NEW.project = 'q'"
+                " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+            )
+        ingests = [store.ingest(p, [Stored(rec("S", f"llm-{p}"))]) for p in ("p", "q", "r")]
+        answers = await asyncio.wait_for(asyncio.gather(*ingests, return_exceptions=True), 10)
+        assert [type(a) for a in answers] == [sqlite3.IntegrityError] * 3, answers
+        assert [await store.count(p) for p in ("p", "q", "r")] == [0, 0, 0]

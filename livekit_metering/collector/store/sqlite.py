@@ -396,8 +396,10 @@ class SqliteStore(Store):
                         for project, batches in by_project.items():
                             done += self._write_project(db, project, batches)
                 except BaseException as exc:
-                    for future, _ in done:
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("interrupted"))
+                    # Nothing of the group was committed: every batch still waiting fails with it.
+                    for *_, future in group:
+                        if not future.done():
+                            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("interrupted"))
                     if not isinstance(exc, Exception):
                         raise
                     continue
