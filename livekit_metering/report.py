@@ -369,6 +369,13 @@ def group_key(record: MeterRecord, group_by: str) -> str:
     raise ReportError(f"cannot group by {group_by!r}: use one of {', '.join(GROUPS)}")
 
 
+def _session_time(record: MeterRecord) -> bool:
+    """The agent's own time in the room as LiveKit bills it: agent session minutes when deployed to
+    LiveKit Cloud, its own connection minutes when self-hosted on LiveKit Cloud, nothing on your own server."""
+    own = record.resource is Resource.AGENT_SESSION or record.meta.get("session_time") is True
+    return own and record.provider.strip().lower() in ("", "livekit")
+
+
 def _minutes(record: MeterRecord) -> Decimal:
     size = UNIT_SIZE[record.unit]
     return record.quantity * size / UNIT_SIZE[Unit.MINUTE]
@@ -411,7 +418,7 @@ def build_report(
                 customer=first.customer,
                 start=min(r.start for r, _ in items),
                 end=max(r.end for r, _ in items),
-                billed_minutes=sum((_minutes(r) for r, _ in items if r.resource is Resource.AGENT_SESSION), Decimal(0)),
+                billed_minutes=sum((_minutes(r) for r, _ in items if _session_time(r)), Decimal(0)),
                 cost=sum((p for _, p in items if p is not None), Decimal(0)),
                 unpriced=any(p is None for _, p in items),
                 records=len(items),

@@ -96,3 +96,10 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         except ProcessLookupError:
             pass
     assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture(autouse=True)
+def _cloud_deployed_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs in tests run on fake servers (``ws://fake``), which hosting detection takes for your own
+    LiveKit server; unless a test says otherwise, they are metered as agents deployed to LiveKit Cloud."""
+    monkeypatch.setenv("LIVEKIT_METERING_HOSTING", "cloud")

@@ -35,12 +35,24 @@ async def test_demo_session_reaches_the_collector_rounded_and_priced(tmp_path: P
     (stt,) = by_resource[Resource.STT]  # one stream, open for the whole session
     assert stt.raw > 0 and stt.quantity == Decimal(-(-stt.raw // 1000))
 
+    assert session.meta["hosting"] == "cloud"
+
+    # the same call, self-hosted against LiveKit Cloud: its own connection minutes instead
+    hosted = {r.resource: r for r in result.self_hosted_records}
+    assert Resource.AGENT_SESSION not in hosted and hosted[Resource.CONNECTION].quantity == 1
+    assert hosted[Resource.CONNECTION].meta["hosting"] == "self-hosted-on-cloud"
+    assert sum(r.raw for r in result.self_hosted_records if r.resource is Resource.TTS) == replies  # the same call
+    assert result.self_hosted_session_id != result.session_id
+
     book = PriceBook.bundled()
     month = session.start.strftime("%Y-%m")
-    local = book.invoice(result.records, plan="ship", month=month).to_json()
+    both = [*result.records, *result.self_hosted_records]
+    local = book.invoice(both, plan="ship", month=month).to_json()
     assert result.invoice == local  # the collector's invoice preview is the same as one computed here
     assert result.invoice["total"] == "50.00"  # the plan fee; the usage fits in the included quotas
     assert result.session_cost == book.cost(result.records, plan="ship").total > 0
+    # a minute of agent session ($0.01) against a minute of WebRTC connection ($0.0005)
+    assert result.session_cost - result.self_hosted_cost == Decimal("0.0095")
 
 
 def test_demo_command_runs_on_a_fresh_process() -> None:
@@ -53,6 +65,7 @@ def test_demo_command_runs_on_a_fresh_process() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "matches" in done.stdout
     assert "Invoice preview: ship plan" in done.stdout
+    assert "agent deployed to LiveKit Cloud" in done.stdout and "self-hosted on LiveKit" in done.stdout
 
 
 def test_demo_refuses_an_unknown_plan() -> None:
