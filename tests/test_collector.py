@@ -286,10 +286,10 @@ def test_keys_file_maps_keys_to_projects_and_bad_files_say_what_to_fix(tmp_path:
         f'[keys.{OTHER_KEY}]\nsecret = "{OTHER_SECRET}"\nproject = "globex"\n'
     )
     ring = KeyRing.load(good)
-    assert ring.verify(sign()).name == "acme"
-    assert ring.verify(sign(key=OTHER_KEY, secret=OTHER_SECRET)).name == "globex"
+    assert ring.token(sign()).for_reading().name == "acme"
+    assert ring.token(sign(key=OTHER_KEY, secret=OTHER_SECRET)).for_reading().name == "globex"
     with pytest.raises(AuthError, match="unknown API key"):
-        ring.verify(sign(key="APIelse", secret=TEST_SECRET))
+        ring.token(sign(key="APIelse", secret=TEST_SECRET))
 
     bad = tmp_path / "bad.toml"
     for text, words in (

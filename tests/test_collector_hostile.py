@@ -71,6 +71,7 @@ async def test_numbers_and_times_out_of_range_are_rejected_per_record(
         "quantity 1E+10000000": tokens("f", 5, quantity="1E+10000000"),
         "quantity 1E-1000000": tokens("g", 0, quantity="1E-1000000"),
         "quantity 1E+999990": tokens("h", 5, quantity="1E+999990"),
+        "three enums wrong (each error lists every choice)": tokens("i", 5, resource="x", unit="y", status="z"),
     }
     good = rec("H", "good", raw=7)
     began = time.monotonic()

@@ -186,11 +186,6 @@ class KeyRing:
         _check_lifetime(unverified, max_lifetime)
         return Token(Project(name=self._keys[issuer][1], key=issuer), claims.sha256 or "")
 
-    def verify(self, header: str | None, body: bytes | None = None) -> Project:
-        """The project of a signed request: a write token for ``body`` when given, else a read token."""
-        token = self.token(header)
-        return token.for_reading() if body is None else token.check_body(body)
-
     # -- dashboard sessions ------------------------------------------------------------------------
 
     def session_cookie(self, project: Project, lifetime: timedelta) -> str:
@@ -226,8 +221,7 @@ def _check_lifetime(claims: Mapping[str, Any], max_lifetime: timedelta) -> None:
     if lifetime > most:
         raise AuthError(
             f"the token is valid for {min(lifetime, 1e12):.0f} s; this collector accepts tokens valid for at most "
-            f"{most:.0f} s "
-            "from their nbf: sign each request with a short-lived token"
+            f"{most:.0f} s from their nbf: sign each request with a short-lived token"
         )
 
 
