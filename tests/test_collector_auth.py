@@ -20,6 +20,7 @@ import jwt
 import pytest
 from collector_helpers import body_of, get, post, rec
 
+from livekit_metering.collector.auth import body_digest
 from livekit_metering.collector.config import Limits
 from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, run_collector, sign
 
@@ -79,7 +80,7 @@ async def test_a_token_valid_longer_than_ten_minutes_is_refused(collector: str, 
             if expected == 401:
                 assert "at most 600 s" in (await resp.json())["error"]
     body = body_of([rec()])
-    status, doc = await post(http, collector, body, auth=token(lifetime=year_2100, sha256=_digest(body)))
+    status, doc = await post(http, collector, body, auth=token(lifetime=year_2100, sha256=body_digest(body)))
     assert status == 401 and "at most 600 s" in doc["error"]
 
 
@@ -210,9 +211,3 @@ async def test_every_response_carries_the_security_headers(collector: str, http:
         assert "unsafe-inline" not in csp
         assert headers.get("X-Frame-Options") == "DENY", path
         assert headers.get("Referrer-Policy") == "no-referrer", path
-
-
-def _digest(body: bytes) -> str:
-    from livekit_metering.collector.auth import body_digest
-
-    return body_digest(body)

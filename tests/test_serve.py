@@ -150,7 +150,6 @@ def test_the_database_is_set_up_before_the_first_worker_starts(tmp_path: Path, m
     the parent sets the database up (WAL, every migration) before it forks anyone."""
     import sqlite3
 
-    from livekit_metering.collector import serve
     from livekit_metering.collector.store.sqlite import MIGRATIONS
 
     monkeypatch.setenv("LIVEKIT_API_KEY", TEST_KEY)
