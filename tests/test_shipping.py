@@ -280,8 +280,10 @@ def test_default_exporter_ships_when_a_url_is_configured(tmp_path: Path, monkeyp
 
 
 def test_a_bad_collector_url_is_refused_with_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="must start with http"):
+    with pytest.raises(ValueError, match="has no scheme: write https://collector:8080"):
         Outbox(tmp_path / "o.sqlite3", url="collector:8080")
+    with pytest.raises(ValueError, match="must start with http:// or https://"):
+        Outbox(tmp_path / "o.sqlite3", url="ftp://collector:8080")
 
 
 async def test_ashutdown_fits_a_livekit_shutdown_callback_and_does_not_block_the_loop(

@@ -37,6 +37,9 @@ class FileExporter:
     def shutdown(self) -> None:
         pass
 
+    def __repr__(self) -> str:
+        return f"FileExporter({str(self.path)!r})"
+
 
 def read_records(path: str | os.PathLike[str], *, latest: bool = True) -> list[MeterRecord]:
     """Read records back from a JSON-lines file.
