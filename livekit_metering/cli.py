@@ -14,6 +14,7 @@ app = typer.Typer(
     help="Meter, price and report LiveKit Agents usage.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
