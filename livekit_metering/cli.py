@@ -18,6 +18,17 @@ app = typer.Typer(
 )
 
 
+STRICT_HELP = "Fail at the first bad line instead of skipping it (without it, skipped lines are named and exit is 3)."
+SKIPPED_EXIT = 3  # the output is complete for every good line; some lines were bad and left out
+
+
+def _skipped(skipped: object) -> None:
+    """A report or invoice that left bad lines out says so on stderr and exits 3."""
+    if skipped:
+        typer.echo(f"warning: {skipped}; they are not counted (--strict fails instead)", err=True)
+        raise typer.Exit(SKIPPED_EXIT)
+
+
 @app.command()
 def report(
     records: Annotated[
@@ -43,14 +54,15 @@ def report(
     plan: Annotated[str, typer.Option(help="The plan whose list prices apply: build, ship or scale.")] = "ship",
     prices: Annotated[Optional[str], typer.Option(help="A price book TOML overriding the bundled prices.")] = None,  # noqa: UP045
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file.")] = None,  # noqa: UP045
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Sessions and costs from a collector, a store or a records file, grouped and priced."""
     import sys
 
-    from .report import ReportError, run_report
+    from .report import ReportError, write_command
 
     try:
-        text = run_report(
+        summary = write_command(
             path=records,
             url=url,
             database=database,
@@ -63,14 +75,14 @@ def report(
             prices=prices,
             output=output,
             progress=sys.stderr.isatty(),
+            strict=strict,
         )
-    except (ReportError, ValueError, KeyError) as exc:
+    except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if output:
         typer.echo(f"wrote {output}", err=True)
-    else:
-        typer.echo(text, nl=False)
+    _skipped(summary.skipped)
 
 
 @app.command()
@@ -101,11 +113,18 @@ def invoice(
         typer.Option("--prices", help="A price TOML adding to or overriding the bundled prices."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Preview a month's LiveKit Cloud invoice for a plan from a records file."""
+    import sys
+
     from .pricing.cli import run_invoice
 
-    typer.echo(run_invoice(records, plan=plan, month=month, prices=prices_file, fmt=fmt), nl=False)
+    text, skipped = run_invoice(
+        records, plan=plan, month=month, prices=prices_file, fmt=fmt, strict=strict, progress=sys.stderr.isatty()
+    )
+    typer.echo(text, nl=False)
+    _skipped(skipped)
 
 
 @app.command()

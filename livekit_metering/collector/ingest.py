@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
-from ..rates import UnknownPolicy, get_policy, policies
+from ..rates import check_record
 from ..records import InvalidRecord, MeterRecord
 from .config import Limits
 from .store.base import Stored, epoch_ms
@@ -35,8 +35,6 @@ class Checked(NamedTuple):
     item: Stored | None  # None: rejected
     reason: str = ""
 
-
-_POLICIES = policies()
 
 
 class _Batch(BaseModel):
@@ -108,14 +106,7 @@ def _loose(data: bytes) -> list[Any]:
 
 def _check(item: Stored, earliest_ms: int, latest_ms: int, limits: Limits) -> str:
     record = item.record
-    try:
-        policy = _POLICIES.get(record.policy) or get_policy(record.policy)
-    except UnknownPolicy as exc:
-        return str(exc)
-    try:
-        why = policy.check(record)
-    except KeyError:
-        why = f"policy {policy.id!r} has no rule for {record.resource.value}"
+    why = check_record(record)  # the same check a records file gets in `report` and `invoice`
     if why:
         return why
     if item.start_ms < earliest_ms:

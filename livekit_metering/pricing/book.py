@@ -161,13 +161,17 @@ class PriceBook:
 
     def price_with(self, record: MeterRecord, row: PriceRow | None, plan: str) -> Decimal | None:
         """``price_of`` when the row is already looked up (``row_of(record, plan)``)."""
+        return self.amount_with(row, base_quantity(record), plan)
+
+    def amount_with(self, row: PriceRow | None, base: Decimal, plan: str) -> Decimal | None:
+        """The list cost of ``base`` billable base units priced by ``row`` on ``plan``, or None when unpriced."""
         if row is None:
             return None
         if row.price is None:
             if row.resource not in INFERENCE_RESOURCES and self.plan(plan).hard_caps:
                 return Decimal(0)
             return None
-        return row.amount(base_quantity(record))
+        return row.amount(base)
 
     def cost(self, records: Iterable[MeterRecord], plan: str = "ship") -> CostReport:
         """Cost of any set of records per resource, per model and in total (see ``cost.cost_report``)."""
