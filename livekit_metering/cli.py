@@ -200,20 +200,34 @@ def outbox(
         typer.Option(envvar="LIVEKIT_METERING_URL", help="Collector URL, for --flush."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds --flush may take.")] = 30.0,
+    retry_dead: Annotated[
+        bool, typer.Option("--retry-dead", help="Put the dead letters back to be sent again (after fixing the cause).")
+    ] = False,
+    clear_dead: Annotated[
+        bool, typer.Option("--clear-dead", help="Delete the dead letters: their records are given up.")
+    ] = False,
 ) -> None:
-    """Show an outbox's health (pending, oldest, dropped, dead letters); optionally flush it."""
+    """Show an outbox's health (pending, oldest, sent, dropped, dead letters); flush it, retry or clear its dead
+    letters. Exit 1 when a flush leaves records pending."""
     import os
 
     from .export.status import OutboxMissing, outbox_status
 
     try:
-        text = outbox_status(
-            path or os.environ.get("LIVEKIT_METERING_OUTBOX"), url=url, flush_timeout=timeout if flush else None
+        report = outbox_status(
+            path or os.environ.get("LIVEKIT_METERING_OUTBOX"),
+            url=url,
+            flush_timeout=timeout if flush else None,
+            retry_dead=retry_dead,
+            clear_dead=clear_dead,
         )
     except (OutboxMissing, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(text, nl=False)
+    typer.echo(report.text, nl=False)
+    if report.failed:
+        typer.echo(f"error: {report.failed}", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:
