@@ -174,15 +174,20 @@ def serve(
 @app.command()
 def demo(
     plan: Annotated[str, typer.Option(help="build, ship or scale: the plan to price the session on.")] = "ship",
+    keep: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Also append the session's records to this JSON-lines file, for `report` and `invoice`."),
+    ] = None,
 ) -> None:
     """Run a real agent session offline, metered end to end into an embedded collector, and show its cost."""
     import asyncio
+    from pathlib import Path
 
     from .demo import DemoError, run_demo
     from .pricing import UnknownPlan
 
     try:
-        asyncio.run(run_demo(plan=plan))
+        asyncio.run(run_demo(plan=plan, keep=Path(keep) if keep else None))
     except (DemoError, UnknownPlan) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from decimal import Decimal
@@ -43,16 +44,35 @@ async def test_demo_session_reaches_the_collector_rounded_and_priced(tmp_path: P
     assert result.session_cost == book.cost(result.records, plan="ship").total > 0
 
 
-def test_demo_command_runs_on_a_fresh_process() -> None:
+def test_demo_command_runs_on_a_fresh_process_and_keeps_its_records_for_the_reports(tmp_path: Path) -> None:
+    """The README's path: run the demo keeping its records, then `report` and `invoice` on them."""
+    cli = [sys.executable, "-m", "livekit_metering.cli"]
     done = subprocess.run(
-        [sys.executable, "-m", "livekit_metering.cli", "demo", "--plan", "ship"],
+        [*cli, "demo", "--plan", "ship", "--keep", "records.jsonl"],
         capture_output=True,
         text=True,
         timeout=180,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "matches" in done.stdout
     assert "Invoice preview: ship plan" in done.stdout
+    assert "livekit-metering report records.jsonl" in done.stdout
+    session_id = done.stdout.split("records for session ", 1)[1].split()[0]
+
+    def run(*args: str) -> dict[str, object]:
+        command = [*cli, *args, "--format", "json"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        data: dict[str, object] = json.loads(out.stdout)
+        return data
+
+    report = run("report", "records.jsonl")
+    (session,) = report["sessions"]  # type: ignore[misc]
+    assert session["session_id"] == session_id and session["customer"] == "acme-bikes"  # type: ignore[index]
+    assert session["billed_minutes"] == "1" and Decimal(session["cost"]) > Decimal("0.01")  # type: ignore[index]
+    invoice = run("invoice", "records.jsonl", "--plan", "ship")
+    assert invoice["total"] == "50.00"  # the plan fee: the session fits in the included quotas
 
 
 def test_demo_refuses_an_unknown_plan() -> None:
