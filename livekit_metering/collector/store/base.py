@@ -301,8 +301,14 @@ def rollup_keys(item: Stored) -> tuple[tuple[str, str, str, str, str, str, str, 
 def open_store(url: str) -> Store:
     """A store for a database URL: ``sqlite:///path``, a plain path, or ``postgresql://...``."""
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
+        try:
+            from .postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "asyncpg":
+                raise
+            raise ModuleNotFoundError(
+                "a PostgreSQL store needs asyncpg: pip install 'livekit-metering[postgres]'", name="asyncpg"
+            ) from None
         return PostgresStore(url)
     from .sqlite import SqliteStore
 
