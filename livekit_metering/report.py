@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 from .money import usd
 from .records import UNIT_SIZE, InvalidRecord, Unit, parse_utc, rfc3339
 from .scan import SPILL_LIMIT, RecordsFile, Skipped, Usage, latest, merged, partitioned, spill_partitions, usages
+from .table import SECTION, Column, render_table
 
 if TYPE_CHECKING:
     from .pricing import Costing, PriceBook, PriceKey, UsageLine
@@ -697,32 +698,21 @@ def _chunks(items: Iterator[Any]) -> Iterator[list[Any]]:
 def _print_tables(
     out: TextIO,
     title: str,
-    columns: list[tuple[str, str]],
+    columns: list[Column],
     chunks: Iterator[list[list[str]]],
     footer: Callable[[], list[str]],
     summary: Summary,
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=out, width=140, force_terminal=False, color_system=None)
     for n, rows in enumerate(chunks):
-        table = Table(title=title if n == 0 else None, title_justify="left", show_header=n == 0)
-        for name, justify in columns:
-            table.add_column(name, justify=justify)  # type: ignore[arg-type]
-        for row in rows:
-            table.add_row(*row)
-        if len(rows) < _TABLE_ROWS:  # the last table: the total under it
-            table.add_section()
-            table.add_row(*(f"[bold]{cell}[/]" if cell else "" for cell in footer()))
-        console.print(table)
+        last = len(rows) < _TABLE_ROWS
+        out.write(render_table(title if n == 0 else "", columns, [*rows, SECTION, footer()] if last else rows))
     if summary.unpriced:
-        console.print(f"Unpriced (not in the total; add them to a price book): {', '.join(sorted(summary.unpriced))}")
+        out.write(f"Unpriced (not in the total; add them to a price book): {', '.join(sorted(summary.unpriced))}\n")
 
 
 def _table_sessions(lines: Iterator[SessionLine], out: TextIO, plan: str, summary: Summary) -> None:
-    columns = [("session", "left"), ("started (UTC)", "left"), ("room", "left"), ("agent", "left")]
-    columns += [("customer", "left"), ("minutes", "right"), ("cost", "right")]
+    columns = [Column(n) for n in ("session", "started (UTC)", "room", "agent", "customer")]
+    columns += [Column("minutes", right=True), Column("cost", right=True)]
 
     def rows(chunk: list[SessionLine]) -> list[list[str]]:
         return [
@@ -748,8 +738,8 @@ def _table_sessions(lines: Iterator[SessionLine], out: TextIO, plan: str, summar
 
 def _table_usage(lines: Iterator[UsageLine], out: TextIO, plan: str, group_by: str, summary: Summary) -> None:
     by_resource = group_by == "resource"  # the key is the resource: one column, not two alike
-    columns = [] if by_resource else [(group_by, "left")]
-    columns += [("resource", "left"), ("quantity", "right"), ("unit", "left"), ("cost", "right")]
+    columns = [] if by_resource else [Column(group_by)]
+    columns += [Column("resource"), Column("quantity", right=True), Column("unit"), Column("cost", right=True)]
     previous: list[str | None] = [None]
 
     def rows(chunk: list[UsageLine]) -> list[list[str]]:
