@@ -31,7 +31,26 @@ from urllib.parse import urlencode
 
 from .money import usd
 from .records import UNIT_SIZE, InvalidRecord, Unit, parse_utc, rfc3339
-from .scan import SPILL_LIMIT, RecordsFile, Skipped, Usage, latest, merged, partitioned, spill_partitions, usages
+from .scan import (
+    AGENT,
+    BILLABLE,
+    CUSTOMER,
+    END_MS,
+    KEY,
+    ROOM,
+    SESSION,
+    SPILL_LIMIT,
+    START_MS,
+    RecordsFile,
+    Skipped,
+    StrKey,
+    Usage,
+    gc_paused,
+    latest,
+    merged,
+    partitioned,
+    spill_partitions,
+)
 from .table import SECTION, Column, render_table
 
 if TYPE_CHECKING:
@@ -226,37 +245,36 @@ class FileSource:
         limit = self.limit or SPILL_LIMIT
         return {"limit": limit, "partitions": spill_partitions(self.file.size, limit)}
 
-    def _latest(self, window: Window, progress: Progress | None) -> Iterator[Usage]:
+    def _latest(self, window: Window, progress: Progress | None, *, times: bool) -> Iterator[Usage]:
         try:
-            yield from latest(usages(self.file.records(progress), window.since, window.until), **self._spill())
+            yield from latest(self.file.usages(window.since, window.until, progress, times=times), **self._spill())
         except InvalidRecord as exc:
             raise ReportError(f"{exc} (fix or remove that line; without --strict it is skipped and counted)") from None
         except OSError as exc:
             raise ReportError(f"cannot read {self.path}: {exc}") from None
 
     def usage(self, group_by: str, window: Window, costing: Costing, progress: Progress | None) -> Iterator[UsageLine]:
-        from .pricing import price_key, price_usage
+        from .pricing import price_usage
 
-        column = _GROUP_FIELDS[group_by]
+        group = _GROUP_OF[group_by]
         spill = self._spill()
 
-        def partial_sums() -> Iterator[tuple[tuple[str, ...], int]]:
+        def partial_sums() -> Iterator[tuple[tuple[str, StrKey], int]]:
             # Summed in memory; a very long list of keys (e.g. one room per call) is handed on in parts.
-            sums: dict[tuple[str, ...], int] = {}
-            for u in self._latest(window, progress):
-                key = (getattr(u, column), u.resource, u.unit, u.provider, u.model, u.language, u.day)
-                sums[key] = sums.get(key, 0) + u.billable
+            sums: dict[tuple[str, StrKey], int] = {}
+            for u in self._latest(window, progress, times=False):
+                key = (group(u), u[KEY])
+                sums[key] = sums.get(key, 0) + u[BILLABLE]
                 if len(sums) >= spill["limit"]:
                     yield from sums.items()
                     sums.clear()
             yield from sums.items()
 
-        def priced(part: list[tuple[tuple[str, ...], int]]) -> list[UsageLine]:
-            sums: dict[tuple[str, ...], int] = {}
+        def priced(part: list[tuple[tuple[str, StrKey], int]]) -> list[UsageLine]:
+            sums: dict[tuple[str, StrKey], int] = {}
             for key, billable in part:
                 sums[key] = sums.get(key, 0) + billable
-            rows = ((k[0], price_key(*k[1:]), b) for k, b in sums.items())
-            return price_usage(rows, costing, group_by).lines
+            return price_usage(((g, k, b) for (g, k), b in sums.items()), costing, group_by).lines
 
         parts = partitioned(partial_sums(), lambda item: item[0][0], **spill)
         return merged((priced(part) for part in parts), _usage_order)
@@ -265,44 +283,42 @@ class FileSource:
         def lines(part: list[Usage]) -> list[SessionLine]:
             by_session: dict[str, list[Usage]] = {}
             for u in part:
-                by_session.setdefault(u.session_id, []).append(u)
+                by_session.setdefault(u[SESSION], []).append(u)
             out = [_session_line(items, costing) for items in by_session.values()]
             out.sort(key=_session_order)
             return out
 
-        parts = partitioned(self._latest(window, progress), lambda u: u.session_id, **self._spill())
+        parts = partitioned(self._latest(window, progress, times=True), lambda u: u[SESSION], **self._spill())
         return merged((lines(part) for part in parts), _session_order)
 
 
-_GROUP_FIELDS = {
-    "day": "day",
-    "agent": "agent",
-    "room": "room",
-    "model": "model",
-    "customer": "customer",
-    "resource": "resource",
+# Each group's key in a Usage tuple: a field, or a part of the price key.
+_GROUP_OF: dict[str, Callable[[Usage], str]] = {
+    "day": lambda u: u[KEY][5],
+    "agent": lambda u: u[AGENT],
+    "room": lambda u: u[ROOM],
+    "model": lambda u: u[KEY][3],
+    "customer": lambda u: u[CUSTOMER],
+    "resource": lambda u: u[KEY][0],
 }
 
 
 def _session_line(items: list[Usage], costing: Costing) -> SessionLine:
     """One session from its usages (in file order): the first room, agent and customer it names."""
-    from .pricing import price_key
-
-    sums: dict[tuple[str, ...], int] = {}
+    sums: dict[StrKey, int] = {}
     billed = 0
     for u in items:
-        key = (u.resource, u.unit, u.provider, u.model, u.language, u.day)
-        sums[key] = sums.get(key, 0) + u.billable
-        if u.resource == "agent_session":
-            billed += u.billable
-    cost = costing.cost((price_key(*k), b) for k, b in sums.items())
+        sums[u[KEY]] = sums.get(u[KEY], 0) + u[BILLABLE]
+        if u[KEY][0] == "agent_session":
+            billed += u[BILLABLE]
+    cost = costing.cost(sums.items())
     return SessionLine(
-        session_id=items[0].session_id,
-        room=next((u.room for u in items if u.room), ""),
-        agent_name=next((u.agent for u in items if u.agent), ""),
-        customer=next((u.customer for u in items if u.customer), ""),
-        start_ms=min(u.start_ms for u in items),
-        end_ms=max(u.end_ms for u in items),
+        session_id=items[0][SESSION],
+        room=next((u[ROOM] for u in items if u[ROOM]), ""),
+        agent_name=next((u[AGENT] for u in items if u[AGENT]), ""),
+        customer=next((u[CUSTOMER] for u in items if u[CUSTOMER]), ""),
+        start_ms=min(u[START_MS] for u in items),
+        end_ms=max(u[END_MS] for u in items),
         billed_minutes=Decimal(billed) / _MINUTE_MS,
         cost=cost.priced,
         unpriced=tuple(sorted(cost.unpriced)),
@@ -379,7 +395,8 @@ class StoreSource:
         return iter(self._run(work))
 
     def sessions(self, window: Window, costing: Costing, progress: Progress | None) -> Iterator[SessionLine]:
-        from .collector.store.base import SessionFilter, billable_of, day_of
+        from .collector.store.base import SessionFilter, billable_of
+        from .pricing import price_key
 
         async def work(store: Any) -> list[SessionLine]:
             flt = SessionFilter(since=window.since, until=window.until, limit=1_000_000_000)
@@ -390,7 +407,7 @@ class StoreSource:
                 sums: dict[str, dict[PriceKey, int]] = {row.session_id: {} for row in part}
                 for r in await store.session_records(self.project, [row.session_id for row in part]):
                     mine = sums[r.session_id]
-                    key: PriceKey = (r.resource, r.unit, r.provider, r.model, r.language, day_of(r.start))
+                    key = price_key(r)
                     mine[key] = mine.get(key, 0) + billable_of(r)
                 for row in part:
                     cost = costing.cost(sums[row.session_id].items())
@@ -438,7 +455,6 @@ class CollectorSource:
     url: str
     api_key: str
     api_secret: str
-    plan: str = "ship"
     page_size: int = 1000
     timeout: float = 30.0
     skipped: Skipped | None = None
@@ -818,29 +834,24 @@ def write_command(
     source = open_source(path, url=url, database=database, project=project, strict=strict)
     if prices and isinstance(source, CollectorSource):
         raise ReportError("--prices applies to a records file or --database; a collector prices with its own book")
-    if isinstance(source, CollectorSource):
-        source.plan = plan
+    target = Path(output) if output is not None else None
+    if target is not None and not target.parent.is_dir():
+        raise ReportError(f"cannot write {output}: there is no directory {target.parent}")
+    options = {"group_by": group_by, "window": window, "fmt": fmt, "book": book, "plan": plan}
     advance, stop = _progress_bar() if progress else (None, None)
     try:
-        if output is None:
-            return write_report(
-                source, stdout or _stdout(), group_by=group_by, window=window, fmt=fmt, book=book, plan=plan,
-                progress=advance,
-            )  # fmt: skip
-        target = Path(output)
-        if not target.parent.is_dir():
-            raise ReportError(f"cannot write {output}: there is no directory {target.parent}")
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with open(fd, "w", encoding="utf-8", newline="") as handle:
-                summary = write_report(
-                    source, handle, group_by=group_by, window=window, fmt=fmt, book=book, plan=plan, progress=advance
-                )
-            os.replace(temp, target)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
-        return summary
+        with gc_paused():
+            if target is None:
+                return write_report(source, stdout or _stdout(), progress=advance, **options)  # type: ignore[arg-type]
+            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            try:
+                with open(fd, "w", encoding="utf-8", newline="") as handle:
+                    summary = write_report(source, handle, progress=advance, **options)  # type: ignore[arg-type]
+                os.replace(temp, target)
+            finally:
+                if os.path.exists(temp):
+                    os.unlink(temp)
+            return summary
     finally:
         if stop is not None:
             stop()

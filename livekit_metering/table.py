@@ -31,13 +31,17 @@ def _width(text: str) -> int:
 
 
 def _pad(text: str, width: int, right: bool) -> str:
+    if text.isascii():
+        return text.rjust(width) if right else text.ljust(width)
     fill = " " * (width - _width(text))
     return fill + text if right else text + fill
 
 
 def _lines(cell: str, column: Column) -> list[str]:
+    if "\n" not in cell and (not column.max_width or len(cell) <= column.max_width):
+        return [cell]
     out: list[str] = []
-    for part in cell.split("\n") or [""]:
+    for part in cell.split("\n"):
         if column.max_width and _width(part) > column.max_width:
             out += textwrap.wrap(part, column.max_width, break_on_hyphens=False) or [""]
         else:
@@ -47,31 +51,35 @@ def _lines(cell: str, column: Column) -> list[str]:
 
 def render_table(title: str, columns: Sequence[Column], rows: Iterable[Sequence[str] | None]) -> str:
     """``title`` above a table of ``columns``; a ``SECTION`` row draws a rule (before a total)."""
-    wrapped: list[list[list[str]] | None] = [
-        None if row is SECTION else [_lines(str(cell), col) for cell, col in zip(row, columns, strict=True)]
-        for row in rows
-    ]
     widths = [_width(c.name) for c in columns]
-    for row in wrapped:
-        for i, cell in enumerate(row or ()):
-            widths[i] = max(widths[i], *(_width(line) for line in cell))
+    grid: list[list[list[str]] | None] = []
+    for row in rows:
+        if row is SECTION:
+            grid.append(None)
+            continue
+        cells = [_lines(str(cell), col) for cell, col in zip(row, columns, strict=True)]
+        for i, lines in enumerate(cells):
+            for line in lines:
+                width = _width(line)
+                if width > widths[i]:
+                    widths[i] = width
+        grid.append(cells)
+    right = [c.right for c in columns]
 
-    def rule(left: str, fill: str, cross: str, right: str) -> str:
-        return left + cross.join(fill * (w + 2) for w in widths) + right
+    def rule(left: str, fill: str, cross: str, end: str) -> str:
+        return left + cross.join(fill * (w + 2) for w in widths) + end
 
     out = [title] if title else []
     out.append(rule("┏", "━", "┳", "┓"))
-    out.append("┃" + "┃".join(f" {_pad(c.name, w, c.right)} " for c, w in zip(columns, widths, strict=True)) + "┃")
+    out.append("┃ " + " ┃ ".join(_pad(c.name, w, c.right) for c, w in zip(columns, widths, strict=True)) + " ┃")
     out.append(rule("┡", "━", "╇", "┩"))
-    for row in wrapped:
+    middle = rule("├", "─", "┼", "┤")
+    for row in grid:
         if row is None:
-            out.append(rule("├", "─", "┼", "┤"))
+            out.append(middle)
             continue
-        for n in range(max(len(cell) for cell in row)):
-            cells = (
-                f" {_pad(cell[n] if n < len(cell) else '', w, c.right)} "
-                for cell, c, w in zip(row, columns, widths, strict=True)
-            )
-            out.append("│" + "│".join(cells) + "│")
+        for n in range(max(len(lines) for lines in row)):
+            texts = (lines[n] if n < len(lines) else "" for lines in row)
+            out.append("│ " + " │ ".join(map(_pad, texts, widths, right)) + " │")
     out.append(rule("└", "─", "┴", "┘"))
     return "\n".join(out) + "\n"

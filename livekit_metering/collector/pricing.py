@@ -43,4 +43,4 @@ def aggregate_record(row: UsageRow) -> MeterRecord:
 
 
 def usage_price_key(row: UsageRow) -> PriceKey:
-    return (row.resource, row.unit, row.provider, row.model, row.language, row.day)
+    return (row.resource.value, row.unit.value, row.provider, row.model, row.language, row.day)

@@ -11,11 +11,11 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from ..pricing import Costing, PriceKey, price_usage
+from ..pricing import Costing, PriceKey, price_key, price_usage
 from ..records import parse_utc, rfc3339
 from .config import Limits
 from .pricing import PLANS, Pricer, usage_price_key
-from .store.base import GROUPS, SessionFilter, Store, UsageRow, billable_of, day_of
+from .store.base import GROUPS, SessionFilter, Store, UsageRow, billable_of
 
 __all__ = ["BadQuery", "Queries", "parse_time"]
 
@@ -76,14 +76,7 @@ class Queries:
         sums: dict[str, dict[PriceKey, int]] = {row.session_id: {} for row in rows}
         for record in await self.store.session_records(project, [row.session_id for row in rows]):
             mine = sums[record.session_id]
-            key: PriceKey = (
-                record.resource,
-                record.unit,
-                record.provider,
-                record.model,
-                record.language,
-                day_of(record.start),
-            )
+            key = price_key(record)
             mine[key] = mine.get(key, 0) + billable_of(record)
         out = []
         for row in rows:

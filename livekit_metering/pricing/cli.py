@@ -62,8 +62,8 @@ def run_invoice(
     The file is streamed: each line checked as the collector checks a record, the latest form of each
     usage counted once, usage summed per price key and day (memory does not grow with the file)."""
     from ..report import _progress_bar
-    from ..scan import RecordsFile, latest, spill_partitions, usages
-    from .usage import price_key, summed_record
+    from ..scan import BILLABLE, KEY, RAW, RecordsFile, StrKey, gc_paused, latest, spill_partitions
+    from .usage import summed_record
 
     _check_format(fmt)
     month = month or datetime.now(timezone.utc).strftime("%Y-%m")
@@ -73,13 +73,13 @@ def run_invoice(
         book = _book(prices)
         book.plan(plan)
         start, end = month_bounds(month)
-        sums: dict[tuple[str, ...], list[int]] = {}
-        for u in latest(usages(file.records(advance), start, end), partitions=spill_partitions(file.size)):
-            key = (u.resource, u.unit, u.provider, u.model, u.language, u.day)
-            total = sums.setdefault(key, [0, 0])
-            total[0] += u.billable
-            total[1] += u.raw
-        summed = [summed_record(price_key(*key), billable, raw) for key, (billable, raw) in sorted(sums.items())]
+        sums: dict[StrKey, list[int]] = {}
+        with gc_paused():
+            for u in latest(file.usages(start, end, advance, times=False), partitions=spill_partitions(file.size)):
+                total = sums.setdefault(u[KEY], [0, 0])
+                total[0] += u[BILLABLE]
+                total[1] += u[RAW]
+        summed = [summed_record(key, billable, raw) for key, (billable, raw) in sorted(sums.items())]
         invoice = book.invoice(summed, plan=plan, month=month)
     except FileNotFoundError:
         raise _fail(f"records file {records!r} not found") from None

@@ -24,13 +24,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Cost", "Costing", "PriceKey", "PricedUsage", "UsageLine", "price_key", "price_usage", "summed_record"]
 
-# resource, unit, provider, model, language, UTC day (ISO)
-PriceKey = tuple[Resource, Unit, str, str, str, str]
+# What a price depends on, in wire names: resource, unit, provider, model, language and the UTC day
+# (ISO) of the usage. Plain strings: quick to hash, sort and pickle.
+PriceKey = tuple[str, str, str, str, str, str]
 
 
-def price_key(resource: str, unit: str, provider: str, model: str, language: str, day: str) -> PriceKey:
-    """A price key from its wire names (as sums keep them: plain strings pickle small and fast)."""
-    return (Resource(resource), Unit(unit), provider, model, language, day)
+def price_key(record: MeterRecord) -> PriceKey:
+    """The price key of one record."""
+    day = record.start.astimezone(timezone.utc).date().isoformat()
+    return (record.resource.value, record.unit.value, record.provider, record.model, record.language, day)
 
 
 def summed_record(key: PriceKey, billable: int, raw: int = 0) -> MeterRecord:
@@ -38,12 +40,12 @@ def summed_record(key: PriceKey, billable: int, raw: int = 0) -> MeterRecord:
     resource, unit, provider, model, language, day = key
     when = datetime.combine(date.fromisoformat(day), datetime.min.time(), timezone.utc)
     return MeterRecord.model_construct(
-        id=f"sum/{day}/{resource.value}/{provider}/{model}/{language}",
+        id=f"sum/{day}/{resource}/{provider}/{model}/{language}",
         session_id="sum",
-        resource=resource,
+        resource=Resource(resource),
         raw=raw,
-        unit=unit,
-        quantity=Decimal(billable) / UNIT_SIZE[unit],
+        unit=Unit(unit),
+        quantity=Decimal(billable) / UNIT_SIZE[Unit(unit)],
         policy="sum",
         model=model,
         provider=provider,
@@ -148,7 +150,7 @@ def price_usage(sums: Iterable[tuple[str, PriceKey, int]], costing: Costing, gro
     """Price (group key, price key, billable) sums and merge them per (group key, resource, unit)."""
     merged: dict[tuple[str, str, str], tuple[int, list[tuple[PriceKey, int]]]] = {}
     for key, price_key, billable in sums:
-        slot = (key, price_key[0].value, price_key[1].value)
+        slot = (key, price_key[0], price_key[1])
         total, parts = merged.get(slot, (0, []))
         parts.append((price_key, billable))
         merged[slot] = (total + billable, parts)
