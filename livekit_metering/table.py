@@ -74,12 +74,12 @@ def render_table(title: str, columns: Sequence[Column], rows: Iterable[Sequence[
     out.append("┃ " + " ┃ ".join(_pad(c.name, w, c.right) for c, w in zip(columns, widths, strict=True)) + " ┃")
     out.append(rule("┡", "━", "╇", "┩"))
     middle = rule("├", "─", "┼", "┤")
-    for row in grid:
-        if row is None:
+    for wrapped in grid:
+        if wrapped is None:
             out.append(middle)
             continue
-        for n in range(max(len(lines) for lines in row)):
-            texts = (lines[n] if n < len(lines) else "" for lines in row)
+        for n in range(max(len(lines) for lines in wrapped)):
+            texts = (lines[n] if n < len(lines) else "" for lines in wrapped)
             out.append("│ " + " │ ".join(map(_pad, texts, widths, right)) + " │")
     out.append(rule("└", "─", "┴", "┘"))
     return "\n".join(out) + "\n"
