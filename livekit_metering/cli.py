@@ -5,9 +5,17 @@ Each command only parses options and calls the library; the work lives in the mo
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated, Optional
 
-import typer
+# The reading commands validate records with pydantic but use no pydantic plugin, and looking plugins
+# up reads the metadata of every installed package (tens of milliseconds at each start). `serve` and
+# `demo` keep them.
+if sys.argv[1:2] and sys.argv[1] in ("prices", "invoice", "report", "outbox"):
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+import typer  # after the lines above: typer imports pydantic
 
 app = typer.Typer(
     name="livekit-metering",
@@ -57,8 +65,6 @@ def report(
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Sessions and costs from a collector, a store or a records file, grouped and priced."""
-    import sys
-
     from .report import ReportError, write_command
 
     try:
@@ -116,8 +122,6 @@ def invoice(
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Preview a month's LiveKit Cloud invoice for a plan from a records file."""
-    import sys
-
     from .pricing.cli import run_invoice
 
     text, skipped = run_invoice(
@@ -214,8 +218,6 @@ def outbox(
 ) -> None:
     """Show an outbox's health (pending, oldest, sent, dropped, dead letters); flush it, retry or clear its dead
     letters. Exit 1 when a flush leaves records pending."""
-    import os
-
     from .export.status import OutboxMissing, outbox_status
 
     try:
