@@ -78,6 +78,7 @@ NONE_KEY = "(none)"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MINUTE_MS = UNIT_SIZE[Unit.MINUTE]
 _TABLE_ROWS = 2_000  # rows per rendered table: a long report is several tables, never one held whole
+_SUMS_LIMIT = 20_000  # group sums held in memory before spilling
 
 # Progress callback: (done, total or None when unknown).
 Progress = Callable[[int, "int | None"], None]
@@ -257,7 +258,9 @@ class FileSource:
         from .pricing import price_usage
 
         group = _GROUP_OF[group_by]
-        spill = self._spill()
+        # Sums are few per day, agent or model, but one room per call makes many: fewer held at once,
+        # so that each partition's priced lines stay small.
+        spill = {**self._spill(), "limit": _SUMS_LIMIT}
 
         def partial_sums() -> Iterator[tuple[tuple[str, StrKey], int]]:
             # Summed in memory; a very long list of keys (e.g. one room per call) is handed on in parts.

@@ -112,7 +112,7 @@ class RecordsFile:
                 done += len(line)
                 if len(line) > MAX_LINE_BYTES:
                     self._bad(number, f"longer than {MAX_LINE_BYTES} bytes: not a meter record")
-                elif line.strip():
+                elif not line.isspace():
                     batch.append((number, line))
                     if len(batch) == _BATCH:
                         yield from self._checked(batch)
@@ -289,7 +289,7 @@ def spill_partitions(size_bytes: int, limit: int = SPILL_LIMIT) -> int:
 
 def latest(facts: Iterable[F], *, limit: int = SPILL_LIMIT, partitions: int = 64) -> Iterator[F]:
     """The latest form of each id among ``facts`` (given in file order), like ``records.latest_forms``."""
-    for part in partitioned(facts, lambda fact: str(fact[0]), limit=limit, partitions=partitions):
+    for part in partitioned(facts, lambda fact: fact[0], limit=limit, partitions=partitions):
         held: dict[str, F] = {}
         for fact in part:
             _fold(held, fact)
