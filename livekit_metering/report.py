@@ -260,7 +260,8 @@ class FileSource:
         group = _GROUP_OF[group_by]
         # Sums are few per day, agent or model, but one room per call makes many: fewer held at once,
         # so that each partition's priced lines stay small.
-        spill = {**self._spill(), "limit": _SUMS_LIMIT}
+        spill = self._spill()
+        spill["limit"] = min(spill["limit"], _SUMS_LIMIT)
 
         def partial_sums() -> Iterator[tuple[tuple[str, StrKey], int]]:
             # Summed in memory; a very long list of keys (e.g. one room per call) is handed on in parts.
