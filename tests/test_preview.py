@@ -93,13 +93,13 @@ def test_running_cost_follows_every_record_of_a_real_meter(tmp_path: Path, book:
     meter.record(Resource.TTS, 1_200, usage="tts-1", start=T0, end=T0, model=TTS_MODEL)
     meter.record(Resource.AGENT_SESSION, 95_500, usage="session", start=T0, end=T0 + timedelta(seconds=96))
 
-    expected = sum((p for r in meter.records if (p := book.price_of(r, plan="ship")) is not None), Decimal(0))
-    assert expected > 0
-    assert preview.total == expected
-    assert book.cost(meter.records, plan="ship").total == expected
+    # By hand, Ship list prices: 95.5 s bills 2 minutes ($0.02) and 96 STT seconds at $0.00008 ($0.00768);
+    # 4,000 input and 250 output tokens at $0.40 and $1.60 per million ($0.0016, $0.0004); 1,200 TTS
+    # characters at $50 per million ($0.06).
+    assert preview.total == Decimal("0.08968")
     session = next(r for r in meter.records if r.resource is Resource.AGENT_SESSION)
     assert session.is_final and session.quantity == 2
-    assert after_checkpoint == book.price_of(session, plan="ship") / 2  # one minute then, two minutes now
+    assert after_checkpoint == Decimal("0.01")  # the 30 s checkpoint: one minute then, two minutes now
     lines = text_of(out).splitlines()
     assert len(lines) == 6  # one line per record, as it happens
     assert "(running)" in lines[0]
