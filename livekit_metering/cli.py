@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 # The reading commands validate records with pydantic but use no pydantic plugin, and looking plugins
 # up reads the metadata of every installed package (tens of milliseconds at each start). `serve` and
 # `demo` keep them.
-if sys.argv[1:2] and sys.argv[1] in ("prices", "invoice", "report", "outbox"):
+if sys.argv[1:2] and sys.argv[1] in ("prices", "invoice", "invoices", "report", "outbox"):
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import typer  # after the lines above: typer imports pydantic
@@ -154,6 +155,25 @@ def serve(
     close_stale_after_minutes: Annotated[
         int, typer.Option(help="Close sessions whose last checkpoint is this old (no webhook came); 0: never.")
     ] = 15,
+    config_file: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--config", help="A TOML settings file: plan per project, phone numbers, LiveKit URL."),
+    ] = None,
+    plan: Annotated[Optional[str], typer.Option(help="The plan invoices are issued on (default ship).")] = None,  # noqa: UP045
+    policy: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="The rate policy rounding webhook usage (default minute-increments)."),
+    ] = None,
+    livekit_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="LIVEKIT_URL", help="Read phone numbers from this LiveKit project's SIP dispatch rules."),
+    ] = None,
+    invoice_grace_hours: Annotated[
+        float, typer.Option(help="Issue a month's invoice this long after it ends (late records).")
+    ] = 24,
+    close_joins_after_hours: Annotated[
+        float, typer.Option(help="Close a participant join with no leave after this long, flagged; 0: never.")
+    ] = 24,
 ) -> None:
     """Run the collector: ingest signed records, LiveKit webhooks, query API, dashboard."""
     from .collector.serve import ServeError, build_config, run_serve
@@ -168,6 +188,12 @@ def serve(
             max_past_days=max_past_days,
             max_future_seconds=max_future_seconds,
             close_stale_after_minutes=close_stale_after_minutes,
+            config=config_file,
+            plan=plan,
+            policy=policy,
+            livekit_url=livekit_url,
+            invoice_grace_hours=invoice_grace_hours,
+            close_joins_after_hours=close_joins_after_hours,
         )
     except ServeError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -235,6 +261,92 @@ def outbox(
     if report.failed:
         typer.echo(f"error: {report.failed}", err=True)
         raise typer.Exit(1)
+
+
+invoices_app = typer.Typer(
+    help="Invoices the collector issued: list, show, download (JSON, CSV, printable HTML).", no_args_is_help=True
+)
+app.add_typer(invoices_app, name="invoices")
+
+_URL = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="A collector's URL (default LIVEKIT_METERING_URL; signed with LIVEKIT_API_KEY/SECRET)."),
+]
+_DATABASE = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Read the collector's store instead: sqlite:///path.db or postgresql://..."),
+]
+_PROJECT = Annotated[str, typer.Option(help="The store's project (with --database).")]
+_CUSTOMER = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="A customer's statement issued with the invoice, instead of the invoice."),
+]
+
+
+def _invoices(run: Callable[[], str]) -> None:
+    from .invoice_download import InvoiceError
+
+    try:
+        typer.echo(run(), nl=False)
+    except InvoiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@invoices_app.command("list")
+def invoices_list(
+    url: _URL = None,
+    database: _DATABASE = None,
+    project: _PROJECT = "default",
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """The issued invoices, newest first, and the months closed with nothing due."""
+    from .invoice_download import list_invoices, open_invoices
+
+    _invoices(lambda: list_invoices(open_invoices(url=url, database=database, project=project), fmt))
+
+
+@invoices_app.command("show")
+def invoices_show(
+    number: Annotated[str, typer.Argument(help="The invoice number, e.g. INV-202611-0002.")],
+    customer: _CUSTOMER = None,
+    url: _URL = None,
+    database: _DATABASE = None,
+    project: _PROJECT = "default",
+) -> None:
+    """One invoice (or a customer's statement) as a table."""
+    from .invoice_download import open_invoices, show_invoice
+
+    _invoices(lambda: show_invoice(open_invoices(url=url, database=database, project=project), number, customer))
+
+
+@invoices_app.command("download")
+def invoices_download(
+    number: Annotated[str, typer.Argument(help="The invoice number, e.g. INV-202611-0002.")],
+    fmt: Annotated[str, typer.Option("--format", help="json (as issued), csv or html.")] = "json",
+    customer: _CUSTOMER = None,
+    output: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--output", "-o", help="The file to write (default invoice-<number>.<format>; - for stdout)."),
+    ] = None,
+    url: _URL = None,
+    database: _DATABASE = None,
+    project: _PROJECT = "default",
+) -> None:
+    """Save an invoice (or a customer's statement) as JSON exactly as issued, CSV or printable HTML."""
+    import sys
+
+    from .invoice_download import download, open_invoices
+
+    def run() -> str:
+        source = open_invoices(url=url, database=database, project=project)
+        body, target = download(source, number, fmt, customer, output)
+        if target == "-":
+            sys.stdout.buffer.write(body)
+            return ""
+        return f"wrote {target} ({len(body)} bytes)\n"
+
+    _invoices(run)
 
 
 def main() -> None:

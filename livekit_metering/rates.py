@@ -72,6 +72,10 @@ class RatePolicy:
     effective: date
     source: str
     rules: Mapping[Resource, Rule]
+    # Whether a LiveKit Cloud-deployed agent's own participant also bills WebRTC connection minutes
+    # (it bills agent session minutes either way), and where that rule comes from.
+    cloud_agent_connection: bool = False
+    cloud_agent_connection_source: str = ""
 
     def rule(self, resource: Resource) -> Rule:
         return self.rules[resource]
@@ -175,16 +179,33 @@ def load_policies(text: str) -> dict[str, RatePolicy]:
         if not isinstance(effective, date):
             raise InvalidPolicy(f"policy {pid!r}: effective must be a TOML date such as 2026-08-24")
         rules: dict[Resource, Rule] = {}
+        cloud_agent = (False, "")
         parent = entry.get("extends")
         if parent is not None:
             if parent not in found:
                 raise InvalidPolicy(f"policy {pid!r}: extends {parent!r}, which is not defined above it")
             rules.update(found[parent].rules)
+            cloud_agent = (found[parent].cloud_agent_connection, found[parent].cloud_agent_connection_source)
+        if "cloud_agent_connection" in entry:
+            counts, source = entry["cloud_agent_connection"], entry.get("cloud_agent_connection_source")
+            if not isinstance(counts, bool) or not isinstance(source, str) or not source:
+                raise InvalidPolicy(
+                    f"policy {pid!r}: cloud_agent_connection must be true or false, with a "
+                    "cloud_agent_connection_source string saying where the rule comes from"
+                )
+            cloud_agent = (counts, source)
         rules.update(_parse_rule(pid, name, spec) for name, spec in entry.get("rules", {}).items())
         missing = [r.value for r in Resource if r not in rules]
         if missing:
             raise InvalidPolicy(f"policy {pid!r}: no rule for {missing}")
-        found[pid] = RatePolicy(id=pid, effective=effective, source=str(entry.get("source", "")), rules=rules)
+        found[pid] = RatePolicy(
+            id=pid,
+            effective=effective,
+            source=str(entry.get("source", "")),
+            rules=rules,
+            cloud_agent_connection=cloud_agent[0],
+            cloud_agent_connection_source=cloud_agent[1],
+        )
     return found
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "participant_usage_id",
     "record_id",
     "rfc3339",
+    "sip_call_id",
 ]
 
 
@@ -339,3 +340,13 @@ def participant_usage_id(room_sid: str, participant_sid: str, resource: Resource
     connection of one participant (a reconnect under the same identity gets a new sid).
     """
     return record_id(f"room:{room_sid or '-'}", f"participant:{participant_sid}", resource)
+
+
+def sip_call_id(room_sid: str, participant_sid: str) -> str:
+    """The id of one SIP call (the SIP participant's connection), whatever resource it bills as.
+
+    Whether a call is ``sip_inbound``, ``sip_inbound_toll_free`` or ``sip_trunk`` depends on the
+    project's phone numbers, which the agent and the collector may know differently; the id must
+    not, or one call could be stored (and billed) twice under two ids.
+    """
+    return record_id(f"room:{room_sid or '-'}", f"participant:{participant_sid}", "sip")

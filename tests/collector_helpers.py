@@ -146,6 +146,6 @@ async def reset_pg(url: str) -> None:
     try:
         exists = await conn.fetchval("SELECT to_regclass('records') IS NOT NULL")
         if exists:
-            await conn.execute("TRUNCATE records, rollup, sessions, webhooks")
+            await conn.execute("TRUNCATE records, rollup, sessions, webhooks, invoices, statements")
     finally:
         await conn.close()

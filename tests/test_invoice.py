@@ -110,6 +110,17 @@ def test_ship_with_no_usage_is_just_the_fee() -> None:
     assert invoice.to_json()["total"] == "50.00"
 
 
+def test_platform_usage_on_your_own_livekit_server_is_left_out_and_listed() -> None:
+    own = [
+        rec("AJ_1", "session", Resource.CONNECTION, 200_000 * 60_000, MONTH_START, provider="self-hosted"),
+        rec("AJ_1", "transfer", Resource.DATA_TRANSFER, 900 * 10**9, MONTH_START, provider="self-hosted"),
+    ]
+    invoice = BOOK.invoice(own, plan="ship", month="2026-11")
+    assert invoice.total == Decimal("50.00")  # the fee only: 200,000 minutes past 150,000 would be $25
+    assert [ln.resource for ln in invoice.lines] == ["plan_fee"]
+    assert invoice.not_billed_by_livekit == ["connection via self-hosted", "data_transfer via self-hosted"]
+
+
 def test_scale_uses_discounted_stt_and_tts_and_says_when_none_is_published() -> None:
     at = MONTH_START
     records = [

@@ -182,10 +182,33 @@ source = "our contract"
     assert custom.quantity(Resource.CONNECTION, 1_000) == 1
 
 
+def test_whether_a_cloud_agent_bills_connection_minutes_is_a_policy_setting_with_its_source(tmp_path: Path) -> None:
+    assert MINUTES.cloud_agent_connection is False
+    assert "Self-hosted agents count" in MINUTES.cloud_agent_connection_source
+    assert PER_SECOND.cloud_agent_connection is False  # inherited through `extends`
+    assert PER_SECOND.cloud_agent_connection_source == MINUTES.cloud_agent_connection_source
+    path = tmp_path / "policies.toml"
+    path.write_text(
+        GOOD
+        + """
+[[policy]]
+id = "both"
+effective = 2027-01-01
+extends = "base"
+cloud_agent_connection = true
+cloud_agent_connection_source = "our invoice of 2026-12"
+"""
+    )
+    both = get_policy("both", file=path)
+    assert both.cloud_agent_connection is True and both.cloud_agent_connection_source == "our invoice of 2026-12"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[[policy]\nid = 1", "not valid TOML"),
+        (GOOD.replace('source = "', 'cloud_agent_connection = "yes"\nsource = "', 1), "cloud_agent_connection must be"),
+        (GOOD.replace('source = "', 'cloud_agent_connection = true\nsource = "', 1), "cloud_agent_connection_source"),
         ('[[policy]]\neffective = 2025-01-01\nsource = "x"', "needs a string id"),
         ('[[policy]]\nid = "p"\neffective = "2025-01-01"', "effective must be a TOML date"),
         (

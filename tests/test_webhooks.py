@@ -47,11 +47,14 @@ def event(kind: str, *, job: str = "J1", at: datetime, event_id: str | None = No
         event=kind, id=event_id or f"EV_{kind}_{job}_{int(at.timestamp())}", created_at=int(at.timestamp()), room=room
     )
     if kind.startswith("participant_"):
+        agent = over.get("participant_kind", models.ParticipantInfo.Kind.AGENT)
         ev.participant.CopyFrom(
             models.ParticipantInfo(
                 sid="PA_1",
                 identity=over.get("identity", f"agent-{job}"),
-                kind=over.get("participant_kind", models.ParticipantInfo.Kind.AGENT),
+                kind=agent,
+                # These agents bill agent session minutes: deployed to LiveKit Cloud.
+                kind_details=[models.ParticipantInfo.CLOUD_AGENT] if agent == models.ParticipantInfo.Kind.AGENT else [],
             )
         )
     if kind.startswith("agent_job_"):

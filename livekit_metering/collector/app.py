@@ -17,19 +17,29 @@ from typing import Any
 
 from aiohttp import web
 
+from ..rates import get_policy
 from .auth import AuthError, KeyRing, Project
 from .config import Limits
 from .ingest import BadRequest, check_batch, inflate
+from .invoice_formats import invoice_list, rendered
+from .invoices import Billing, month_of
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .openapi import openapi_spec
+from .phone_numbers import PhoneBook
 from .pricing import Pricer
 from .queries import BadQuery, Queries
+from .settings import Settings
 from .store.base import Outcome, Store, open_store
+from .webhook_usage import UsageRules
 from .webhooks import Webhooks
 
 __all__ = ["COLLECTOR", "Collector", "CollectorConfig", "create_app"]
 
 log = logging.getLogger("livekit_metering.collector")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 @dataclass
@@ -43,6 +53,13 @@ class CollectorConfig:
     close_stale_after: timedelta | None = timedelta(minutes=15)
     sweep_every: timedelta = timedelta(seconds=60)
     dashboard: Path | None = None  # None: the packaged dashboard directory
+    # Billing: plans, webhook policy, phone numbers (``--config``); months are closed (invoices
+    # issued) this long after they end (None: never); joins with no leave are closed this long after
+    # they were last seen, flagged (None: never).
+    settings: Settings = field(default_factory=Settings)
+    invoice_grace: timedelta | None = timedelta(hours=24)
+    close_joins_after: timedelta | None = timedelta(hours=24)
+    clock: Callable[[], datetime] = field(default=utcnow)
 
 
 class Collector:
@@ -54,11 +71,49 @@ class Collector:
         self.keys = config.keys
         self.limits = config.limits
         self.metrics = Metrics()
-        self.queries = Queries(store, Pricer.bundled(config.prices), config.limits)
-        self.webhooks = Webhooks(store, config.keys)
+        pricer = Pricer.bundled(config.prices)
+        self.queries = Queries(store, pricer, config.limits)
+        self.phones = PhoneBook(config.settings, self._credentials)
+        self.webhooks = Webhooks(store, config.keys, rules=self._rules, limits=config.limits, clock=config.clock)
+        self.billing = Billing(
+            store,
+            self.queries,
+            pricer,
+            plan_of=lambda project: config.settings.project(project).plan,
+            grace=config.invoice_grace or timedelta(hours=24),
+            write_rentals=self._write_rentals,
+        )
+
+    @property
+    def projects(self) -> list[str]:
+        return sorted({self.keys.project_of(key) for key in self.keys.secrets()})
+
+    def _credentials(self, project: str) -> tuple[str, str] | None:
+        return next(
+            ((k, s) for k, s in sorted(self.keys.secrets().items()) if self.keys.project_of(k) == project), None
+        )
+
+    def _rules(self, project: str) -> UsageRules:
+        settings = self.config.settings
+        return UsageRules(get_policy(settings.policy), self.phones.livekit_numbers(project), settings.customer_key)
+
+    async def _write_rentals(self, project: str, month: str) -> None:
+        await self.phones.refresh(project)
+        await self.phones.write_rentals(self.store, project, month, get_policy(self.config.settings.policy))
+
+    async def sweep(self) -> None:
+        """Close stale usage, keep phone number rentals current, close the months that are due."""
+        now = self.config.clock()
+        if self.config.close_stale_after is not None:
+            closed = await self.webhooks.close_stale(now, self.config.close_stale_after, self.config.close_joins_after)
+            self.metrics.closed_sessions.inc(len(closed))
+        if self.config.invoice_grace is not None:
+            for project in self.projects:
+                await self._write_rentals(project, month_of(now))
+                await self.billing.close_due(project, now)
 
     async def ingest(self, project: str, body: bytes, encoding: str | None) -> list[dict[str, str]]:
-        checked = check_batch(inflate(body, encoding, self.limits), self.limits)
+        checked = check_batch(inflate(body, encoding, self.limits), self.limits, now=self.config.clock())
         valid = [c.item for c in checked if c.item is not None]
         outcomes = iter(await self.store.ingest(project, valid))
         results: list[dict[str, str]] = []
@@ -180,6 +235,25 @@ async def get_invoice(request: web.Request) -> web.Response:
     return web.json_response(await _collector(request).queries.invoice(project.name, request.query))
 
 
+async def get_invoices(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    return web.json_response(await invoice_list(_collector(request).store, project.name))
+
+
+async def get_issued_invoice(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    closed = await _collector(request).store.issued_invoice(project.name, request.match_info["number"])
+    if closed is None:
+        return _error(404, f"no invoice {request.match_info['number']!r}; GET /v1/invoices lists them")
+    customer = request.match_info.get("customer")
+    if customer is None:
+        return rendered(closed.document, request.query.get("format") or "json", f"invoice-{closed.number}")
+    if customer not in closed.statements:
+        return _error(404, f"invoice {closed.number} has no statement for customer {customer!r}")
+    name = f"statement-{closed.number}-{customer}"
+    return rendered(closed.statements[customer], request.query.get("format") or "json", name)
+
+
 async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_spec(), dumps=lambda d: json.dumps(d, indent=1))
 
@@ -222,14 +296,12 @@ async def dashboard_redirect(request: web.Request) -> web.StreamResponse:
 
 
 async def _sweep(collector: Collector) -> None:
-    """Close stale sessions now and then; a failure is logged and retried at the next sweep."""
-    after = collector.config.close_stale_after
-    while after is not None:
+    """Sweep now and then; a failure is logged and retried at the next sweep."""
+    while True:
         try:
-            closed = await collector.webhooks.close_stale(datetime.now(timezone.utc), after)
-            collector.metrics.closed_sessions.inc(len(closed))
+            await collector.sweep()
         except Exception:
-            log.exception("stale-session sweep failed")
+            log.exception("sweep failed")
         await asyncio.sleep(collector.config.sweep_every.total_seconds())
 
 
@@ -250,7 +322,8 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
         await the_store.open()
         app[COLLECTOR] = Collector(config, the_store)
         log.info("collector started", extra={"database": _redact(config.database), "projects": len(config.keys)})
-        sweeper = asyncio.create_task(_sweep(app[COLLECTOR])) if config.close_stale_after else None
+        sweeps = config.close_stale_after is not None or config.invoice_grace is not None
+        sweeper = asyncio.create_task(_sweep(app[COLLECTOR])) if sweeps else None
         try:
             yield
         finally:
@@ -267,6 +340,9 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
     app.router.add_get("/v1/sessions/{session_id}/records", get_session_records)
     app.router.add_get("/v1/usage", get_usage)
     app.router.add_get("/v1/invoice", get_invoice)
+    app.router.add_get("/v1/invoices", get_invoices)
+    app.router.add_get("/v1/invoices/{number}", get_issued_invoice)
+    app.router.add_get("/v1/invoices/{number}/statements/{customer}", get_issued_invoice)
     app.router.add_get("/openapi.json", get_openapi)
     app.router.add_get("/healthz", get_healthz)
     app.router.add_get("/metrics", get_metrics)

@@ -230,6 +230,39 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {"200": {"description": "the invoice JSON"}, "400": _ERROR, "401": _ERROR},
                 }
             },
+            "/v1/invoices": {
+                "get": {
+                    "summary": "Issued invoices, newest first, and the months closed with nothing due",
+                    "parameters": [jwt_param],
+                    "responses": {
+                        "200": {"description": '{"invoices": [...], "closed_without_invoice": [...]}'},
+                        "401": _ERROR,
+                    },
+                }
+            },
+            "/v1/invoices/{number}": {
+                "get": {
+                    "summary": "One issued invoice: the JSON exactly as issued, or CSV, or a printable HTML page",
+                    "parameters": [
+                        {"name": "number", "in": "path", "required": True, "schema": {"type": "string"}},
+                        _q("format", "json (default), csv or html", type="string", enum=["json", "csv", "html"]),
+                        jwt_param,
+                    ],
+                    "responses": {"200": {"description": "the invoice"}, "400": _ERROR, "401": _ERROR, "404": _ERROR},
+                }
+            },
+            "/v1/invoices/{number}/statements/{customer}": {
+                "get": {
+                    "summary": "A customer's statement issued with an invoice (list prices, and its adjustments)",
+                    "parameters": [
+                        {"name": "number", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "customer", "in": "path", "required": True, "schema": {"type": "string"}},
+                        _q("format", "json (default), csv or html", type="string", enum=["json", "csv", "html"]),
+                        jwt_param,
+                    ],
+                    "responses": {"200": {"description": "the statement"}, "400": _ERROR, "401": _ERROR, "404": _ERROR},
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Liveness and store check",

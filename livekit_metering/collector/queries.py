@@ -89,7 +89,7 @@ class Queries:
                     "customer": row.customer,
                     "start": rfc3339(row.start),
                     "end": rfc3339(row.end),
-                    "state": "closed" if row.closed else "open",
+                    "state": ("closed" if row.closed else "open") if row.has_agent else "usage",
                     "end_cause": row.end_cause,
                     "billed_minutes": format(row.billed_minutes.normalize(), "f"),
                     **costing.cost(sums[row.session_id].items()).json_fields(),

@@ -25,6 +25,7 @@ from .auth import KeyRing
 from .config import Limits
 from .logs import configure_logging
 from .metrics import share_between_processes
+from .settings import Settings, SettingsError
 
 __all__ = ["ServeError", "build_config", "run_serve"]
 
@@ -45,6 +46,12 @@ def build_config(
     max_past_days: int | None = None,
     max_future_seconds: int | None = None,
     close_stale_after_minutes: int = 15,
+    config: str | None = None,
+    plan: str | None = None,
+    policy: str | None = None,
+    livekit_url: str | None = None,
+    invoice_grace_hours: float = 24,
+    close_joins_after_hours: float = 24,
 ) -> CollectorConfig:
     ring = KeyRing.from_env()
     if keys:
@@ -68,7 +75,25 @@ def build_config(
     if prices and not Path(prices).is_file():
         raise ServeError(f"no price file at {prices}")
     stale = timedelta(minutes=close_stale_after_minutes) if close_stale_after_minutes > 0 else None
-    return CollectorConfig(database=database, keys=ring, limits=limits, prices=prices, close_stale_after=stale)
+    try:
+        settings = Settings.load(config) if config else Settings()
+        settings = settings.with_overrides(plan=plan, policy=policy, livekit_url=livekit_url)
+    except SettingsError as exc:
+        raise ServeError(str(exc)) from None
+    if not 0 <= invoice_grace_hours <= 24 * 31:
+        raise ServeError("--invoice-grace-hours must be between 0 and 744 (31 days)")
+    if close_joins_after_hours < 0:
+        raise ServeError("--close-joins-after-hours must be 0 (never) or more")
+    return CollectorConfig(
+        database=database,
+        keys=ring,
+        limits=limits,
+        prices=prices,
+        close_stale_after=stale,
+        settings=settings,
+        invoice_grace=timedelta(hours=invoice_grace_hours),
+        close_joins_after=timedelta(hours=close_joins_after_hours) if close_joins_after_hours else None,
+    )
 
 
 def _tune_gc() -> None:

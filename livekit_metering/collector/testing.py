@@ -33,19 +33,28 @@ async def run_collector(
     limits: Limits | None = None,
     port: int = 0,
     close_stale_after: timedelta | None = None,
+    invoice_grace: timedelta | None = None,
+    **options: Any,
 ) -> AsyncIterator[str]:
     """Start the collector app on 127.0.0.1 (a free port by default) and yield its base URL.
 
     ``database``: a store URL (``sqlite:///...``, ``postgresql://...``); by default a SQLite file in a
     temporary directory removed afterwards. ``keys`` maps API key -> (secret, project); by default
     ``TEST_KEY``/``TEST_SECRET`` in project "default". Sign requests with :func:`sign`. The stale-session
-    sweep is off unless ``close_stale_after`` is given (test records are often hours old).
+    sweep is off unless ``close_stale_after`` is given (test records are often hours old), and months
+    are closed only when ``invoice_grace`` is given. Other ``CollectorConfig`` fields (``settings``,
+    ``clock``, ``sweep_every``, ...) pass through ``options``.
     """
     ring = keys if isinstance(keys, KeyRing) else KeyRing(keys or {TEST_KEY: (TEST_SECRET, "default")})
     with tempfile.TemporaryDirectory(prefix="collector-") as scratch:
         url = str(database) if database is not None else f"sqlite:///{scratch}/metering.db"
         config = CollectorConfig(
-            database=url, keys=ring, limits=limits or Limits(), close_stale_after=close_stale_after
+            database=url,
+            keys=ring,
+            limits=limits or Limits(),
+            close_stale_after=close_stale_after,
+            invoice_grace=invoice_grace,
+            **options,
         )
         async with _serve(config, port) as base:
             yield base

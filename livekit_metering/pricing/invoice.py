@@ -12,7 +12,8 @@ Money rules, in order:
    rounded lines. On a hard-capped plan (Build) nothing past the credits or quotas is billed:
    LiveKit refuses such usage, so the lines say so and bill $0.
 4. Usage through a provider's own plugin (e.g. ``provider="deepgram"``) is billed by that provider,
-   not LiveKit: it is left out of the invoice and listed under ``not_billed_by_livekit``.
+   not LiveKit: it is left out of the invoice and listed under ``not_billed_by_livekit``; so is
+   platform usage on your own LiveKit server (``provider="self-hosted"``).
 5. Unpriced usage (unknown model, resource without a public price) gets a line with no amount and
    is listed in ``unpriced``; it is never counted as $0.
 6. Nothing due (a $0 plan within its caps, or no usage on a $0 plan): ``nothing_due`` is true and
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["Invoice", "InvoiceLine", "build_invoice", "cents", "month_bounds"]
 
 CENT = Decimal("0.01")
+SELF_HOSTED = "self-hosted"  # the provider of platform usage on your own LiveKit server
 
 
 def cents(amount: Decimal) -> Decimal:
@@ -285,10 +287,12 @@ def build_invoice(book: PriceBook, records: Iterable[MeterRecord], *, plan: str,
     the_plan = book.plan(plan)
     start, end = month_bounds(month)
     counted = [r for r in latest_forms(records) if start <= r.start < end]
-    platform = [r for r in counted if r.resource not in INFERENCE_RESOURCES]
+    platform = [r for r in counted if r.resource not in INFERENCE_RESOURCES and r.provider != SELF_HOSTED]
     inference = [r for r in counted if r.resource in INFERENCE_RESOURCES]
     livekit = [r for r in inference if _via_livekit(r)]
     direct = sorted({usage_label(r, book.row_of(r, the_plan.id)) for r in inference if not _via_livekit(r)})
+    # Platform usage on your own LiveKit server (``provider = "self-hosted"``): LiveKit bills none of it.
+    direct += sorted({f"{r.resource.value} via {SELF_HOSTED}" for r in counted if r.provider == SELF_HOSTED})
 
     fee = InvoiceLine(
         resource="plan_fee",

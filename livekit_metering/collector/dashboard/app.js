@@ -167,6 +167,22 @@ async function api(path, query = {}) {
   return resp.json();
 }
 
+// A download through fetch (the token never lands in a link), saved under the collector's file name.
+async function download(path, query, fallbackName) {
+  const url = new URL(path.replace(/^\//, ""), API);
+  for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+  url.searchParams.set("token", TOKEN);
+  const resp = await fetch(url);
+  if (!resp.ok) throw new Error(`${resp.status} ${resp.statusText}`);
+  const disposition = resp.headers.get("Content-Disposition") || "";
+  const name = (/filename="([^"]+)"/.exec(disposition) || [])[1] || fallbackName;
+  const link = el("a", { href: URL.createObjectURL(await resp.blob()), download: name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+}
+
 function monthRange(month) {
   const [y, m] = month.split("-").map(Number);
   const since = new Date(Date.UTC(y, m - 1, 1));
@@ -411,6 +427,57 @@ function renderInvoice(invoice) {
     (invoice.price_date ? ` · prices as of ${invoice.price_date}` : "");
 }
 
+// ---- statements: issued invoices ----------------------------------------------------------------------
+const FORMATS = ["json", "csv", "html"];
+
+function downloadLinks(path, name, attrs) {
+  return FORMATS.map((fmt) => {
+    const link = el("button", { type: "button", class: "link inline", "data-format": fmt, ...attrs }, fmt.toUpperCase());
+    link.addEventListener("click", () =>
+      download(path, { format: fmt }, `${name}.${fmt}`).catch((err) => setStatus(`Could not download: ${err.message}`, "error")),
+    );
+    return link;
+  });
+}
+
+function renderInvoices(listing) {
+  const body = $("#invoices tbody");
+  body.replaceChildren(
+    ...listing.invoices.map((inv) => {
+      const path = `/v1/invoices/${encodeURIComponent(inv.number)}`;
+      const statements = inv.statements.map((who) =>
+        el("span", { class: "statement", "data-customer": who }, `${customerLabel(who)} `,
+          ...downloadLinks(`${path}/statements/${encodeURIComponent(who)}`, `statement-${inv.number}-${who}`, {})),
+      );
+      return el(
+        "tr",
+        { "data-number": inv.number },
+        el("td", { class: "mono" }, inv.number),
+        el("td", {}, inv.month),
+        el("td", {}, inv.plan),
+        el("td", {}, when(inv.issued)),
+        el("td", { class: "num" }, String(inv.adjustments)),
+        el("td", { class: "num", "data-field": "total" }, usd(inv.total)),
+        el("td", { class: "downloads" }, ...downloadLinks(path, `invoice-${inv.number}`, {})),
+        el("td", { class: "statements" }, ...statements),
+      );
+    }),
+  );
+  if (!listing.invoices.length) body.append(el("tr", {}, el("td", { colSpan: 8, class: "empty" }, "No invoice issued yet.")));
+  const closed = listing.closed_without_invoice.map((m) => m.month);
+  $("#closed-months").textContent = closed.length ? `Closed with nothing due, no invoice: ${closed.join(", ")}` : "";
+}
+
+async function viewInvoices() {
+  try {
+    renderInvoices(await api("/v1/invoices"));
+    $("#invoices-list").hidden = false;
+    document.body.dataset.invoices = "loaded";
+  } catch (err) {
+    setStatus(`Could not load the invoices: ${err.message}`, "error");
+  }
+}
+
 // ---- page ---------------------------------------------------------------------------------------------
 async function load() {
   const month = $("#month").value;
@@ -486,6 +553,7 @@ function init() {
     }
   });
   $("#refresh").addEventListener("click", load);
+  $("#view-invoices").addEventListener("click", viewInvoices);
   $("#detail-close").addEventListener("click", () => {
     $("#session-detail").hidden = true;
     document.querySelectorAll("#sessions tr.selected").forEach((r) => r.classList.remove("selected"));

@@ -22,7 +22,7 @@ tokens, ...), which are exact, so month-to-date figures never go through floats.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -33,12 +33,14 @@ from ...records import UNIT_SIZE, MeterRecord, Resource, Unit
 
 __all__ = [
     "GROUPS",
+    "ClosedMonth",
     "Outcome",
     "SessionFilter",
     "SessionRow",
     "Store",
     "Stored",
     "UsageRow",
+    "WebhookMark",
     "billable_of",
     "fold",
 ]
@@ -91,11 +93,20 @@ def _incoming_wins(stored: Stored, incoming: Stored) -> bool | None:
     old, new = stored.record, incoming.record
     if new == old and stored.by_webhook == incoming.by_webhook:
         return False
+    if not old.is_final and not new.is_final:
+        return new.supersedes(old)  # between checkpoints the later wins, whichever side sent it
     if incoming.by_webhook:
+        if not new.is_final:
+            return False  # a webhook checkpoint (a join) never reopens a final form
         if not old.is_final:
             return True
-        # Earliest webhook close wins; an agent's own final record is never replaced by a webhook.
-        return stored.by_webhook and new.end < old.end
+        # An agent's own final record is never replaced by a webhook. Among webhook closes, one LiveKit
+        # reported beats one the collector guessed (``flag``: no leave arrived); else the earliest end wins.
+        if not stored.by_webhook:
+            return False
+        if bool(old.meta.get("flag")) != bool(new.meta.get("flag")):
+            return not new.meta.get("flag")
+        return new.end < old.end
     if stored.by_webhook:
         return new.is_final  # the agent's own final figure beats a webhook estimate; its checkpoints do not
     if new.supersedes(old):
@@ -103,6 +114,17 @@ def _incoming_wins(stored: Stored, incoming: Stored) -> bool | None:
     if not new.is_final or not old.is_final:
         return False  # a stale checkpoint
     return None
+
+
+_LABELS = ("session_id", "customer", "agent_name", "worker_id")
+
+
+def _keep_labels(stored: Stored, incoming: Stored) -> Stored:
+    """A webhook form of a usage the agent reported keeps the agent's session and labels (only the agent
+    knows its job and customer); the figures are the webhook's."""
+    old, new = stored.record, incoming.record
+    update = {k: getattr(old, k) for k in _LABELS if getattr(old, k) and getattr(old, k) != getattr(new, k)}
+    return Stored(new.model_copy(update=update), by_webhook=True) if update else incoming
 
 
 def fold(stored: Stored | None, incoming: Sequence[Stored]) -> tuple[list[Outcome], Stored | None]:
@@ -114,6 +136,8 @@ def fold(stored: Stored | None, incoming: Sequence[Stored]) -> tuple[list[Outcom
             current = item
             outcomes.append(Outcome.ACCEPTED)
             continue
+        if item.by_webhook:
+            item = _keep_labels(current, item)
         wins = _incoming_wins(current, item)
         if wins is None:
             outcomes.append(Outcome.CONFLICT)
@@ -184,6 +208,33 @@ class UsageRow:
 
 
 @dataclass(frozen=True)
+class WebhookMark:
+    """A webhook as remembered: its id (a redelivery has the same), its event, and the room and time
+    it reports (so a join arriving after its room's ``room_finished`` is closed at once)."""
+
+    id: str
+    event: str
+    room_sid: str = ""
+    reported_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ClosedMonth:
+    """A month closed for billing: its invoice, or ``number = None`` when nothing was due.
+
+    ``document`` is the invoice's JSON text exactly as issued and served (immutable), and
+    ``statements`` each customer's statement JSON from the same run."""
+
+    month: str
+    number: str | None
+    plan: str
+    issued_ms: int
+    total: str | None
+    document: str
+    statements: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SessionFilter:
     since: datetime | None = None
     until: datetime | None = None
@@ -208,6 +259,7 @@ class SessionRow:
     agent_unit: str
     records: int
     extra: dict[str, Any] = field(default_factory=dict)
+    has_agent: bool = True  # False: no session time record (a room's usage from webhooks, say)
 
     @property
     def billed_minutes(self) -> Decimal:
@@ -216,10 +268,16 @@ class SessionRow:
         return Decimal(self.agent_billable) / UNIT_SIZE[Unit.MINUTE]
 
 
+def is_session_time(record: MeterRecord) -> bool:
+    """The record of the agent's own time in its session: ``agent_session`` (deployed to LiveKit Cloud),
+    or a self-hosted agent's ``connection`` record marked ``meta.session_time``."""
+    return record.resource is Resource.AGENT_SESSION or record.meta.get("session_time") is True
+
+
 def session_fields(record: MeterRecord) -> dict[str, Any]:
-    """What one stored record says about its session (the agent_session record decides state)."""
+    """What one stored record says about its session (the session time record decides state)."""
     out: dict[str, Any] = {}
-    if record.resource is Resource.AGENT_SESSION:
+    if is_session_time(record):
         out["closed"] = record.is_final
         cause = record.meta.get("closed_by") or record.meta.get("end_cause") or record.meta.get("reason") or ""
         out["end_cause"] = str(cause) if record.is_final else ""
@@ -250,12 +308,38 @@ class Store(abc.ABC):
         webhook closes (a webhook reporting an earlier end replaces them), matching every given filter."""
 
     @abc.abstractmethod
-    async def stale_agent_sessions(self, before: datetime, *, limit: int = 1000) -> list[tuple[str, Stored]]:
-        """(project, record) of ``agent_session`` checkpoints, in every project, whose end is before ``before``."""
+    async def stale_checkpoints(
+        self, before: datetime, *, by_webhook: bool, limit: int = 1000
+    ) -> list[tuple[str, Stored]]:
+        """(project, record) of checkpoints (open usages), in every project, whose end is before ``before``:
+        those the agent wrote, or those a webhook opened (a join, an egress start)."""
 
     @abc.abstractmethod
-    async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
-        """Remember a webhook id; False when it was seen before."""
+    async def open_usages(self, project: str, room_sid: str, resources: Sequence[Resource]) -> list[Stored]:
+        """Checkpoints of ``resources`` in the room ``room_sid`` (usages still open there)."""
+
+    @abc.abstractmethod
+    async def ingest_webhook(self, project: str, mark: WebhookMark, items: Sequence[Stored]) -> list[Outcome] | None:
+        """Store what one webhook produced and the webhook itself (if it has an id) in one durable
+        transaction; None, with nothing stored, when the id was seen before."""
+
+    @abc.abstractmethod
+    async def room_finished_ms(self, project: str, room_sid: str) -> int | None:
+        """When LiveKit reported the room ``room_sid`` finished (epoch ms), None if it has not."""
+
+    @abc.abstractmethod
+    async def close_month(self, project: str, month: str, build: Callable[[int], ClosedMonth]) -> ClosedMonth | None:
+        """Close ``month`` once: in one transaction, unless the month is already closed, call ``build``
+        with the project's next invoice sequence number (1, 2, ...) and store what it returns.
+        None when the month was closed before (by this or another collector)."""
+
+    @abc.abstractmethod
+    async def closed_months(self, project: str, *, limit: int = 1000) -> list[ClosedMonth]:
+        """The project's closed months, newest first, with their invoice documents (no statements)."""
+
+    @abc.abstractmethod
+    async def issued_invoice(self, project: str, number: str) -> ClosedMonth | None:
+        """One issued invoice by number, with its statements."""
 
     @abc.abstractmethod
     async def sessions(self, project: str, flt: SessionFilter) -> list[SessionRow]: ...
@@ -266,6 +350,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
         """Summed usage for days ``since`` <= day < ``until`` (UTC), grouped."""
+
+    @abc.abstractmethod
+    async def first_usage_day(self, project: str) -> date | None:
+        """The UTC day of the project's earliest usage, None when it has none."""
 
     @abc.abstractmethod
     async def count(self, project: str) -> int:

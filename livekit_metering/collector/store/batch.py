@@ -8,8 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...records import Resource
-from .base import Outcome, Stored, fold, rollup_keys, session_fields
+from .base import Outcome, Stored, fold, is_session_time, rollup_keys, session_fields
 
 __all__ = ["BatchPlan", "Deltas", "plan_batch"]
 
@@ -44,7 +43,7 @@ class SessionDelta:
             self.end_ms = item.end_ms
         if new_id:
             self.records += 1
-        if r.resource is Resource.AGENT_SESSION:
+        if is_session_time(r):
             fields = session_fields(r)
             self.has_agent = True
             self.closed = fields["closed"]
@@ -143,10 +142,23 @@ class BatchPlan:
             deltas.roll(before, -1)
         deltas.roll(after, +1)
         sid = after.record.session_id
+        # The agent's figure for a usage a webhook reported first (same id) moves it to the agent's session.
         delta = deltas.sessions.get(sid)
         if delta is None:
             delta = deltas.sessions[sid] = SessionDelta(session_id=sid)
-        delta.add(after, new_id=before is None)
+        if before is None:
+            delta.add(after, new_id=True)
+            return
+        moved = before.record.session_id != sid
+        delta.add(after, new_id=moved)
+        if moved:
+            self._session(before.record.session_id).records -= 1
+
+    def _session(self, sid: str) -> SessionDelta:
+        delta = self.deltas.sessions.get(sid)
+        if delta is None:
+            delta = self.deltas.sessions[sid] = SessionDelta(session_id=sid)
+        return delta
 
 
 def plan_batch(items: Sequence[Stored], existing: Mapping[str, Stored]) -> BatchPlan:

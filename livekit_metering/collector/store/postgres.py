@@ -11,16 +11,17 @@ Deadlocks between overlapping batches are retried the same way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
-from ...records import MeterRecord
-from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, epoch_ms
+from ...records import MeterRecord, Resource
+from .base import ClosedMonth, Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, WebhookMark, epoch_ms
 from .batch import plan_batch
-from .queries_sql import session_query, session_row, usage_query, usage_row
+from .queries_sql import MONTH_COLUMNS, closed_month, session_query, session_row, usage_query, usage_row
 from .rows import COLUMNS, NAMES, READ_COLUMNS, record_row, stored_from_row
 
 __all__ = ["PostgresStore"]
@@ -62,6 +63,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (project, id)
     );
     """,
+    # 2: open usages (checkpoints) by room and by age; closed months, their invoices and statements
+    """
+    ALTER TABLE webhooks ADD COLUMN room_sid TEXT NOT NULL DEFAULT '';
+    ALTER TABLE webhooks ADD COLUMN reported_ms BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX webhooks_rooms ON webhooks (project, room_sid) WHERE event = 'room_finished';
+    CREATE INDEX records_checkpoints ON records (project, room_sid) WHERE status = 'checkpoint';
+    CREATE INDEX records_stale ON records (end_ms) WHERE status = 'checkpoint';
+    CREATE TABLE invoices (
+        project TEXT NOT NULL, month TEXT NOT NULL, number TEXT, seq INTEGER, plan TEXT NOT NULL,
+        issued_ms BIGINT NOT NULL, total TEXT, document TEXT NOT NULL,
+        PRIMARY KEY (project, month)
+    );
+    CREATE UNIQUE INDEX invoices_number ON invoices (project, number);
+    CREATE TABLE statements (
+        project TEXT NOT NULL, number TEXT NOT NULL, customer TEXT NOT NULL, document TEXT NOT NULL,
+        PRIMARY KEY (project, number, customer)
+    );
+    """,
 ]
 
 _INSERT = (
@@ -98,6 +117,7 @@ ON CONFLICT (project, session_id) DO UPDATE SET
     agent_unit = CASE WHEN excluded.has_agent THEN excluded.agent_unit ELSE s.agent_unit END
 """
 _MIGRATION_LOCK = 7_242_019_001  # pg_advisory_xact_lock key: one process migrates at a time
+_ISSUE_LOCK = 7_242_019  # with the project's hash: one process closes a project's month at a time
 _ATTEMPTS = 20
 
 
@@ -170,17 +190,47 @@ class PostgresStore(Store):
             await conn.executemany(_SESSION, plan.deltas.session_rows(project))
         return plan.outcomes
 
-    async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
-        import time
+    async def ingest_webhook(self, project: str, mark: WebhookMark, items: Sequence[Stored]) -> list[Outcome] | None:
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    if mark.id:
+                        row = await conn.fetchrow(
+                            "INSERT INTO webhooks (project, id, event, received_ms, room_sid, reported_ms)"
+                            " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING RETURNING id",
+                            project,
+                            mark.id,
+                            mark.event,
+                            int(time.time() * 1000),
+                            mark.room_sid,
+                            mark.reported_ms,
+                        )
+                        if row is None:
+                            return None
+                    return await self._ingest_tx(conn, project, items) if items else []
+            except (_Raced, asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                log.debug("webhook ingest retry", extra={"attempt": attempt + 1, "why": type(exc).__name__})
+        raise RuntimeError(f"webhook ingest did not settle after {_ATTEMPTS} attempts (heavy contention)")
 
-        row = await self.pool.fetchrow(
-            "INSERT INTO webhooks VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING RETURNING id",
-            project,
-            event_id,
-            event,
-            int(time.time() * 1000),
-        )
-        return row is not None
+    async def close_month(self, project: str, month: str, build: Callable[[int], ClosedMonth]) -> ClosedMonth | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # One issuer per project at a time, across every collector sharing the database.
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _ISSUE_LOCK, project)
+            if await conn.fetchval("SELECT 1 FROM invoices WHERE project = $1 AND month = $2", project, month):
+                return None
+            seq = int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) + 1 FROM invoices WHERE project = $1", project))
+            closed = build(seq)
+            await conn.execute(
+                "INSERT INTO invoices VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                project, month, closed.number, seq if closed.number else None, closed.plan, closed.issued_ms,
+                closed.total, closed.document,
+            )  # fmt: skip
+            if closed.number:
+                await conn.executemany(
+                    "INSERT INTO statements VALUES ($1,$2,$3,$4)",
+                    [(project, closed.number, who, doc) for who, doc in sorted(closed.statements.items())],
+                )
+            return closed
 
     async def open_agent_sessions(
         self, project: str, *, session_id: str | None = None, room_sid: str | None = None, room: str | None = None
@@ -197,14 +247,44 @@ class PostgresStore(Store):
         rows = await self.pool.fetch(sql, *args)
         return [stored_from_row(tuple(row)) for row in rows]
 
-    async def stale_agent_sessions(self, before: datetime, *, limit: int = 1000) -> list[tuple[str, Stored]]:
+    async def stale_checkpoints(
+        self, before: datetime, *, by_webhook: bool, limit: int = 1000
+    ) -> list[tuple[str, Stored]]:
         rows = await self.pool.fetch(
-            f"SELECT project, {READ_COLUMNS} FROM records WHERE resource = 'agent_session'"
-            " AND (status = 'checkpoint' OR by_webhook = 1) AND status = 'checkpoint' AND end_ms < $1 LIMIT $2",
+            f"SELECT project, {READ_COLUMNS} FROM records"
+            " WHERE status = 'checkpoint' AND end_ms < $1 AND by_webhook = $2 LIMIT $3",
             epoch_ms(before),
+            int(by_webhook),
             limit,
         )
         return [(row[0], stored_from_row(tuple(row)[1:])) for row in rows]
+
+    async def open_usages(self, project: str, room_sid: str, resources: Sequence[Resource]) -> list[Stored]:
+        rows = await self.pool.fetch(
+            f"SELECT {READ_COLUMNS} FROM records WHERE project = $1 AND room_sid = $2 AND status = 'checkpoint'"
+            " AND resource = ANY($3::text[])",
+            project,
+            room_sid,
+            [r.value for r in resources],
+        )
+        return [stored_from_row(tuple(row)) for row in rows]
+
+    async def closed_months(self, project: str, *, limit: int = 1000) -> list[ClosedMonth]:
+        rows = await self.pool.fetch(
+            f"SELECT {MONTH_COLUMNS} FROM invoices WHERE project = $1 ORDER BY month DESC LIMIT $2", project, limit
+        )
+        return [closed_month(tuple(row)) for row in rows]
+
+    async def issued_invoice(self, project: str, number: str) -> ClosedMonth | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {MONTH_COLUMNS} FROM invoices WHERE project = $1 AND number = $2", project, number
+        )
+        if row is None:
+            return None
+        docs = await self.pool.fetch(
+            "SELECT customer, document FROM statements WHERE project = $1 AND number = $2", project, number
+        )
+        return closed_month(tuple(row), {d[0]: d[1] for d in docs})
 
     async def sessions(self, project: str, flt: SessionFilter) -> list[SessionRow]:
         sql, args = session_query(project, flt, "$")
@@ -224,6 +304,18 @@ class PostgresStore(Store):
     async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
         sql, args = usage_query(project, since, until, group_by, "$")
         return [usage_row(tuple(row)) for row in await self.pool.fetch(sql, *args)]
+
+    async def room_finished_ms(self, project: str, room_sid: str) -> int | None:
+        found = await self.pool.fetchval(
+            "SELECT MIN(reported_ms) FROM webhooks WHERE project = $1 AND room_sid = $2 AND event = 'room_finished'",
+            project,
+            room_sid,
+        )
+        return None if found is None else int(found)
+
+    async def first_usage_day(self, project: str) -> date | None:
+        day = await self.pool.fetchval("SELECT MIN(day) FROM rollup WHERE project = $1 AND dim = ''", project)
+        return date.fromisoformat(day) if day else None
 
     async def count(self, project: str) -> int:
         return int(await self.pool.fetchval("SELECT COUNT(*) FROM records WHERE project = $1", project))

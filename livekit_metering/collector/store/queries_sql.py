@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
 from ...records import Resource, Unit
-from .base import GROUPS, SessionFilter, SessionRow, UsageRow, epoch_ms, from_ms
+from .base import GROUPS, ClosedMonth, SessionFilter, SessionRow, UsageRow, epoch_ms, from_ms
 
-__all__ = ["session_query", "session_row", "usage_query", "usage_row"]
+__all__ = ["MONTH_COLUMNS", "closed_month", "session_query", "session_row", "usage_query", "usage_row"]
+
+MONTH_COLUMNS = "month, number, plan, issued_ms, total, document"
+
+
+def closed_month(row: Sequence[Any], statements: Mapping[str, str] | None = None) -> ClosedMonth:
+    month, number, plan, issued_ms, total, document = row
+    return ClosedMonth(month, number, plan, int(issued_ms), total, document, dict(statements or {}))
+
 
 SESSION_COLS = (
     "session_id, room, room_sid, agent_name, customer, start_ms, end_ms, closed, end_cause,"
-    " agent_billable, agent_unit, records"
+    " agent_billable, agent_unit, records, has_agent"
 )
 
 
@@ -56,6 +64,7 @@ def session_row(row: Sequence[Any]) -> SessionRow:
         agent_billable=int(row[9]),
         agent_unit=row[10],
         records=int(row[11]),
+        has_agent=bool(row[12]),
     )
 
 

@@ -21,10 +21,10 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
-from ...records import MeterRecord
-from .base import Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, epoch_ms
+from ...records import MeterRecord, Resource
+from .base import ClosedMonth, Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, WebhookMark, epoch_ms
 from .batch import BatchPlan, Deltas, plan_batch
-from .queries_sql import session_query, session_row, usage_query, usage_row
+from .queries_sql import MONTH_COLUMNS, closed_month, session_query, session_row, usage_query, usage_row
 from .rows import NAMES, READ_COLUMNS, record_row, stored_from_row
 
 __all__ = ["SqliteStore"]
@@ -65,6 +65,24 @@ MIGRATIONS: list[str] = [
     CREATE TABLE webhooks (
         project TEXT NOT NULL, id TEXT NOT NULL, event TEXT NOT NULL, received_ms INTEGER NOT NULL,
         PRIMARY KEY (project, id)
+    );
+    """,
+    # 2: open usages (checkpoints) by room and by age; closed months, their invoices and statements
+    """
+    ALTER TABLE webhooks ADD COLUMN room_sid TEXT NOT NULL DEFAULT '';
+    ALTER TABLE webhooks ADD COLUMN reported_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX webhooks_rooms ON webhooks (project, room_sid) WHERE event = 'room_finished';
+    CREATE INDEX records_checkpoints ON records (project, room_sid) WHERE status = 'checkpoint';
+    CREATE INDEX records_stale ON records (end_ms) WHERE status = 'checkpoint';
+    CREATE TABLE invoices (
+        project TEXT NOT NULL, month TEXT NOT NULL, number TEXT, seq INTEGER, plan TEXT NOT NULL,
+        issued_ms INTEGER NOT NULL, total TEXT, document TEXT NOT NULL,
+        PRIMARY KEY (project, month)
+    );
+    CREATE UNIQUE INDEX invoices_number ON invoices (project, number);
+    CREATE TABLE statements (
+        project TEXT NOT NULL, number TEXT NOT NULL, customer TEXT NOT NULL, document TEXT NOT NULL,
+        PRIMARY KEY (project, number, customer)
     );
     """,
 ]
@@ -364,16 +382,40 @@ class SqliteStore(Store):
         again.write(db)
         return again.plan  # its roll-up and session deltas are written once for the whole group
 
-    async def mark_webhook(self, project: str, event_id: str, event: str) -> bool:
-        async with self._write_lock:
-            if self._writer is None:
-                raise RuntimeError("the store is closed")
-            async with self._transaction() as db:
+    async def ingest_webhook(self, project: str, mark: WebhookMark, items: Sequence[Stored]) -> list[Outcome] | None:
+        async with self._write_lock, self._transaction() as db:
+            if mark.id:
                 cur = db.execute(
-                    "INSERT INTO webhooks VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                    (project, event_id, event, int(time.time() * 1000)),
+                    "INSERT INTO webhooks (project, id, event, received_ms, room_sid, reported_ms)"
+                    " VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                    (project, mark.id, mark.event, int(time.time() * 1000), mark.room_sid, mark.reported_ms),
                 )
-            return cur.rowcount == 1
+                if cur.rowcount != 1:
+                    return None
+            if not items:
+                return []
+            plan = self._write(db, project, items, None)
+            _insert(db, _ROLLUP, plan.deltas.rollup_rows(project), _ROLLUP_CONFLICT)
+            _insert(db, _SESSION_UPSERT, plan.deltas.session_rows(project), _SESSION_CONFLICT)
+            return plan.outcomes
+
+    async def close_month(self, project: str, month: str, build: Callable[[int], ClosedMonth]) -> ClosedMonth | None:
+        async with self._write_lock, self._transaction() as db:
+            if db.execute("SELECT 1 FROM invoices WHERE project = ? AND month = ?", (project, month)).fetchone():
+                return None
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM invoices WHERE project = ?", (project,)).fetchone()
+            closed = build(int(seq[0]))
+            db.execute(
+                "INSERT INTO invoices VALUES (?,?,?,?,?,?,?,?)",
+                (project, month, closed.number, seq[0] if closed.number else None, closed.plan, closed.issued_ms,
+                 closed.total, closed.document),
+            )  # fmt: skip
+            if closed.number:
+                db.executemany(
+                    "INSERT INTO statements VALUES (?,?,?,?)",
+                    [(project, closed.number, who, doc) for who, doc in sorted(closed.statements.items())],
+                )
+            return closed
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -395,14 +437,53 @@ class SqliteStore(Store):
 
         return await self._run(read)
 
-    async def stale_agent_sessions(self, before: datetime, *, limit: int = 1000) -> list[tuple[str, Stored]]:
+    async def stale_checkpoints(
+        self, before: datetime, *, by_webhook: bool, limit: int = 1000
+    ) -> list[tuple[str, Stored]]:
         sql = (
-            f"SELECT project, {READ_COLUMNS} FROM records WHERE resource = 'agent_session'"
-            " AND (status = 'checkpoint' OR by_webhook = 1) AND status = 'checkpoint' AND end_ms < ? LIMIT ?"
+            f"SELECT project, {READ_COLUMNS} FROM records INDEXED BY records_stale"
+            " WHERE status = 'checkpoint' AND end_ms < ? AND by_webhook = ? LIMIT ?"
         )
 
         def read() -> list[tuple[str, Stored]]:
-            return [(row[0], stored_from_row(row[1:])) for row in self.db.execute(sql, (epoch_ms(before), limit))]
+            rows = self.db.execute(sql, (epoch_ms(before), int(by_webhook), limit))
+            return [(row[0], stored_from_row(row[1:])) for row in rows]
+
+        return await self._run(read)
+
+    async def open_usages(self, project: str, room_sid: str, resources: Sequence[Resource]) -> list[Stored]:
+        marks = ",".join("?" * len(resources))
+        sql = (
+            f"SELECT {READ_COLUMNS} FROM records INDEXED BY records_checkpoints"
+            f" WHERE project = ? AND room_sid = ? AND status = 'checkpoint' AND resource IN ({marks})"
+        )
+        args = (project, room_sid, *(r.value for r in resources))
+
+        def read() -> list[Stored]:
+            return [stored_from_row(row) for row in self.db.execute(sql, args)]
+
+        return await self._run(read)
+
+    async def closed_months(self, project: str, *, limit: int = 1000) -> list[ClosedMonth]:
+        def read() -> list[ClosedMonth]:
+            rows = self.db.execute(
+                f"SELECT {MONTH_COLUMNS} FROM invoices WHERE project = ? ORDER BY month DESC LIMIT ?", (project, limit)
+            )
+            return [closed_month(row) for row in rows]
+
+        return await self._run(read)
+
+    async def issued_invoice(self, project: str, number: str) -> ClosedMonth | None:
+        def read() -> ClosedMonth | None:
+            row = self.db.execute(
+                f"SELECT {MONTH_COLUMNS} FROM invoices WHERE project = ? AND number = ?", (project, number)
+            ).fetchone()
+            if row is None:
+                return None
+            docs = self.db.execute(
+                "SELECT customer, document FROM statements WHERE project = ? AND number = ?", (project, number)
+            )
+            return closed_month(row, dict(docs.fetchall()))
 
         return await self._run(read)
 
@@ -434,6 +515,23 @@ class SqliteStore(Store):
 
         def read() -> list[UsageRow]:
             return [usage_row(row) for row in self.db.execute(sql, args)]
+
+        return await self._run(read)
+
+    async def room_finished_ms(self, project: str, room_sid: str) -> int | None:
+        def read() -> int | None:
+            row = self.db.execute(
+                "SELECT MIN(reported_ms) FROM webhooks WHERE project = ? AND room_sid = ? AND event = 'room_finished'",
+                (project, room_sid),
+            ).fetchone()
+            return None if row[0] is None else int(row[0])
+
+        return await self._run(read)
+
+    async def first_usage_day(self, project: str) -> date | None:
+        def read() -> date | None:
+            row = self.db.execute("SELECT MIN(day) FROM rollup WHERE project = ? AND dim = ''", (project,)).fetchone()
+            return date.fromisoformat(row[0]) if row[0] else None
 
         return await self._run(read)
 
