@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     customers: dict[str, Customer] = defaultdict(Customer)
     for line in usage:
         who = customers[line.key or "(unattributed)"]
-        who.cost += line.cost.priced
-        who.unpriced |= line.cost.unpriced
+        who.cost += line.cost
+        who.unpriced.update(line.unpriced)
     for session in sessions:
         who = customers[session.customer or "(unattributed)"]
         who.sessions += 1

@@ -658,14 +658,10 @@ def _primed(lines: Iterator[Any]) -> Iterator[Any]:
 
 
 def _counted(lines: Iterator[Any], summary: Summary) -> Iterator[Any]:
-    for line in lines:
+    for line in lines:  # a SessionLine or a UsageLine: both have a cost and its unpriced names
         summary.lines += 1
-        if isinstance(line, SessionLine):
-            summary.total += line.cost
-            summary.unpriced.update(line.unpriced)
-        else:
-            summary.total += line.cost.priced
-            summary.unpriced |= line.cost.unpriced
+        summary.total += line.cost
+        summary.unpriced.update(line.unpriced)
         yield line
 
 
@@ -765,7 +761,7 @@ def _table_usage(lines: Iterator[UsageLine], out: TextIO, plan: str, group_by: s
     def rows(chunk: list[UsageLine]) -> list[list[str]]:
         out_rows = []
         for line in chunk:
-            cost = _cost_text(line.cost.priced, line.cost.unpriced)
+            cost = _cost_text(line.cost, line.unpriced)
             cells = [line.resource, quantity_text(line.quantity), line.unit, cost]
             if not by_resource:
                 cells.insert(0, "" if line.key == previous[0] else _shown(line.key))

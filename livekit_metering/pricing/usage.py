@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..records import UNIT_SIZE, MeterRecord, Resource, Unit
 from .cost import usage_label
@@ -102,25 +102,26 @@ class Costing:
         return out
 
 
-@dataclass
-class UsageLine:
-    """One group's usage of one resource: quantity in ``unit``, its priced cost and what is unpriced."""
+class UsageLine(NamedTuple):
+    """One group's usage of one resource: quantity in ``unit``, the priced cost, what is unpriced."""
 
     key: str
     resource: str
     unit: str
     quantity: Decimal
-    cost: Cost
+    cost: Decimal
+    unpriced: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         quantity = format(self.quantity.normalize(), "f") if self.quantity else "0"
         fields = {"key": self.key, "resource": self.resource, "unit": self.unit, "quantity": quantity}
-        return {**fields, **self.cost.json_fields()}
+        return {**fields, "cost": format(self.cost, "f"), "unpriced": list(self.unpriced)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UsageLine:
-        cost = Cost(Decimal(str(data["cost"] or 0)), set(data.get("unpriced") or ()))
-        return cls(str(data["key"]), str(data["resource"]), str(data["unit"]), Decimal(str(data["quantity"])), cost)
+        key, resource, unit = str(data["key"]), str(data["resource"]), str(data["unit"])
+        unpriced = tuple(str(u) for u in data.get("unpriced") or ())
+        return cls(key, resource, unit, Decimal(str(data["quantity"])), Decimal(str(data["cost"] or 0)), unpriced)
 
 
 @dataclass
@@ -158,7 +159,8 @@ def price_usage(sums: Iterable[tuple[str, PriceKey, int]], costing: Costing, gro
     unpriced: set[str] = set()
     for (key, resource, unit), (billable, parts) in sorted(merged.items()):
         cost = costing.cost(parts)
-        usage.lines.append(UsageLine(key, resource, unit, Decimal(billable) / UNIT_SIZE[Unit(unit)], cost))
+        quantity = Decimal(billable) / UNIT_SIZE[Unit(unit)]
+        usage.lines.append(UsageLine(key, resource, unit, quantity, cost.priced, tuple(sorted(cost.unpriced))))
         usage.total += cost.priced
         unpriced |= cost.unpriced
     usage.unpriced = sorted(unpriced)
