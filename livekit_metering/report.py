@@ -246,9 +246,10 @@ class FileSource:
         limit = self.limit or SPILL_LIMIT
         return {"limit": limit, "partitions": spill_partitions(self.file.size, limit)}
 
-    def _latest(self, window: Window, progress: Progress | None, *, times: bool) -> Iterator[Usage]:
+    def _latest(self, window: Window, progress: Progress | None, *, detail: bool) -> Iterator[Usage]:
         try:
-            yield from latest(self.file.usages(window.since, window.until, progress, times=times), **self._spill())
+            usages = self.file.usages(window.since, window.until, progress, detail=detail)
+            yield from latest(usages, **self._spill())
         except InvalidRecord as exc:
             raise ReportError(f"{exc} (fix or remove that line; without --strict it is skipped and counted)") from None
         except OSError as exc:
@@ -266,7 +267,7 @@ class FileSource:
         def partial_sums() -> Iterator[tuple[tuple[str, StrKey], int]]:
             # Summed in memory; a very long list of keys (e.g. one room per call) is handed on in parts.
             sums: dict[tuple[str, StrKey], int] = {}
-            for u in self._latest(window, progress, times=False):
+            for u in self._latest(window, progress, detail=group_by in ("agent", "room", "customer")):
                 key = (group(u), u[KEY])
                 sums[key] = sums.get(key, 0) + u[BILLABLE]
                 if len(sums) >= spill["limit"]:
@@ -292,7 +293,10 @@ class FileSource:
             out.sort(key=_session_order)
             return out
 
-        parts = partitioned(self._latest(window, progress, times=True), lambda u: u[SESSION], **self._spill())
+        # The second spill holds at most half as much: the first one's partition is in memory meanwhile.
+        spill = self._spill()
+        spill["limit"] //= 2
+        parts = partitioned(self._latest(window, progress, detail=True), lambda u: u[SESSION], **spill)
         return merged((lines(part) for part in parts), _session_order)
 
 

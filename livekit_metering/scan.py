@@ -129,10 +129,10 @@ class RecordsFile:
         until: datetime | None = None,
         progress: Callable[[int, int], None] | None = None,
         *,
-        times: bool = True,
+        detail: bool = True,
     ) -> Iterator[Usage]:
-        """``usages(self.records(progress), since, until, times=times)``."""
-        return usages(self.records(progress), since, until, times=times)
+        """``usages(self.records(progress), since, until, detail=detail)``."""
+        return usages(self.records(progress), since, until, detail=detail)
 
     def _checked(self, batch: list[tuple[int, bytes]]) -> Iterator[MeterRecord]:
         # A batch of lines is one JSON array, validated in one call (pydantic's cost per call is paid
@@ -214,13 +214,13 @@ Usage = tuple[str, bool, int, int, str, int, str, str, str, StrKey, int]
 
 
 def usages(
-    records: Iterable[MeterRecord], since: datetime | None = None, until: datetime | None = None, *, times: bool = True
+    records: Iterable[MeterRecord], since: datetime | None = None, until: datetime | None = None, *, detail: bool = True
 ) -> Iterator[Usage]:
     """The records whose start is in [since, until), as Usage tuples (a usage belongs to the window its
     start falls in, as a session belongs to the day it started).
 
-    Without ``times`` (sums that need no session start and end), START_MS is 0, and so is END_MS but
-    for checkpoints (``latest`` compares them): two fewer conversions per record.
+    Without ``detail`` (sums per price key, as an invoice needs them), SESSION, ROOM, AGENT and CUSTOMER
+    are empty and START_MS and END_MS 0, but for a checkpoint's end (``latest`` compares them).
     """
     days: dict[int, str] = {}
     keys: dict[StrKey, StrKey] = {}
@@ -239,21 +239,26 @@ def usages(
         # ``_value_``: the plain attribute behind an enum's ``.value`` (a slower descriptor).
         key = (r.resource._value_, unit._value_, r.provider, r.model, r.language, day)
         key = keys.setdefault(key, key)
+        final = r.status is not checkpoint
+        billable = int(r.quantity * UNIT_SIZE[unit])
+        if not detail:
+            end_ms = 0 if final else round(r.end.timestamp() * 1000)
+            yield (r.id, final, end_ms, r.raw, "", 0, "", "", "", key, billable)
+            continue
         if len(shared) > 100_000:
             shared.clear()
-        final = r.status is not checkpoint
         yield (
             r.id,
             final,
-            round(r.end.timestamp() * 1000) if times or not final else 0,  # exact: times are whole ms
+            round(r.end.timestamp() * 1000),  # exact: record times are whole milliseconds
             r.raw,
             share(r.session_id, r.session_id),
-            round(start.timestamp() * 1000) if times else 0,
+            round(start.timestamp() * 1000),
             share(r.room, r.room),
             share(r.agent_name, r.agent_name),
             share(r.customer, r.customer),
             key,
-            int(r.quantity * UNIT_SIZE[unit]),
+            billable,
         )
 
 

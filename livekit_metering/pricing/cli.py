@@ -75,7 +75,7 @@ def run_invoice(
         start, end = month_bounds(month)
         sums: dict[StrKey, list[int]] = {}
         with gc_paused():
-            for u in latest(file.usages(start, end, advance, times=False), partitions=spill_partitions(file.size)):
+            for u in latest(file.usages(start, end, advance, detail=False), partitions=spill_partitions(file.size)):
                 total = sums.setdefault(u[KEY], [0, 0])
                 total[0] += u[BILLABLE]
                 total[1] += u[RAW]
