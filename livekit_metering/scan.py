@@ -38,7 +38,6 @@ __all__ = [
     "KEY",
     "ROOM",
     "SESSION",
-    "Fact",
     "RecordsFile",
     "Skipped",
     "Usage",
@@ -51,10 +50,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# A fact: (id, final, end_ms, raw, ...), what ``latest`` needs of a record, then whatever the caller keeps.
 F = TypeVar("F", bound=tuple[Any, ...])
-
-# (id, final, end_ms, raw, ...): what ``latest`` needs of a record, then whatever the caller keeps.
-Fact = tuple[Any, ...]
 
 MAX_LINE_BYTES = 1 << 20  # a record is a few hundred bytes; a longer line is not one
 NAMED = 5  # bad lines named in the message, the rest counted
