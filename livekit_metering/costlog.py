@@ -49,6 +49,14 @@ class SessionSummary(BaseModel):
     llm_cached_tokens: int = 0
     llm_output_tokens: int = 0
     tts_characters: int = 0
+    # the room around the agent (see hosting.py, room.py, observability.py, voice_isolation.py)
+    hosting: str | None = None
+    connection_minutes: Money = Decimal(0)  # the agent's own WebRTC minutes when not deployed to LiveKit Cloud
+    sip_minutes: Money = Decimal(0)
+    data_gb: Money = Decimal(0)
+    observability_events: int = 0
+    recorded_audio_minutes: Money = Decimal(0)
+    voice_isolation_minutes: Money = Decimal(0)
     cost: Money | None = None
     unpriced: list[str] = Field(default_factory=list)
     plan: str = "ship"
@@ -72,19 +80,27 @@ def summarize(
     fields: dict[str, Any] = {"session_id": session_id, "plan": plan}
     billed_ms = 0
     stt_ms = 0
+    room: dict[str, Decimal] = {}
     for record in records:
         fields.setdefault("room", record.room)
         fields.setdefault("agent_name", record.agent_name)
         if record.customer:
             fields["customer"] = record.customer
         billable_ms = int(record.quantity * UNIT_SIZE[record.unit]) if record.unit in (Unit.MINUTE, Unit.SECOND) else 0
-        if record.resource is Resource.AGENT_SESSION:
+        if record.resource is Resource.AGENT_SESSION or record.meta.get("session_time") is True:
             fields["connected"] = True
             fields["duration_ms"] = fields.get("duration_ms", 0) + record.raw
-            billed_ms += billable_ms
+            if record.resource is Resource.AGENT_SESSION:
+                billed_ms += billable_ms
             cause = record.meta.get("end_cause")
             if isinstance(cause, str):
                 fields["end_cause"] = cause
+            hosting = record.meta.get("hosting")
+            if isinstance(hosting, str):
+                fields["hosting"] = hosting
+        if record.resource in _ROOM_FIELDS:
+            name = _ROOM_FIELDS[record.resource]
+            room[name] = room.get(name, Decimal(0)) + record.quantity
         elif record.resource is Resource.STT:
             stt_ms += billable_ms
         elif record.resource is Resource.LLM_INPUT:
@@ -95,11 +111,26 @@ def summarize(
             fields["llm_output_tokens"] = fields.get("llm_output_tokens", 0) + record.raw
         elif record.resource is Resource.TTS:
             fields["tts_characters"] = fields.get("tts_characters", 0) + record.raw
+    for name, quantity in room.items():
+        fields[name] = int(quantity) if name == "observability_events" else quantity.normalize()
     fields["billed_minutes"] = _exact_or_rounded(Decimal(billed_ms) / _MINUTE_MS)
     fields["stt_seconds"] = Decimal(stt_ms) / 1000
     if price:
         fields.update(_price(records, plan=plan, prices=prices))
     return SessionSummary(**fields)
+
+
+# Billable quantities (already rounded per usage) summed per resource of the room.
+_ROOM_FIELDS: dict[Resource, str] = {
+    Resource.CONNECTION: "connection_minutes",
+    Resource.SIP_INBOUND: "sip_minutes",
+    Resource.SIP_INBOUND_TOLL_FREE: "sip_minutes",
+    Resource.SIP_TRUNK: "sip_minutes",
+    Resource.DATA_TRANSFER: "data_gb",
+    Resource.OBSERVABILITY_EVENT: "observability_events",
+    Resource.RECORDED_AUDIO: "recorded_audio_minutes",
+    Resource.VOICE_ISOLATION: "voice_isolation_minutes",
+}
 
 
 def _exact_or_rounded(value: Decimal) -> Decimal:
@@ -164,6 +195,14 @@ def cost_line(summary: SessionSummary) -> str:
         f"llm_tokens_out={summary.llm_output_tokens}",
         f"tts_chars={summary.tts_characters}",
     ]
+    # The room's usage, where there is some (so a plain session's line stays as short as it was).
+    for name in _ROOM_FIELDS.values():
+        value = getattr(summary, name)
+        key = f"{name}={value if isinstance(value, int) else format(value, 'f')}"
+        if value and key not in parts:
+            parts.append(key)
+    if summary.hosting:
+        parts.append(f"hosting={summary.hosting}")
     parts.append(f"cost={_money(summary.cost)}" if summary.cost is not None else "cost=unknown")
     if summary.unpriced:
         parts.append(f"unpriced={_value(','.join(summary.unpriced))}")

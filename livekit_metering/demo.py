@@ -9,14 +9,18 @@ What runs is the production path, with only the LiveKit server and the paid prov
   ``MeteredLLM`` and ``MeteredTTS``, with a scripted caller speaking through a fake microphone;
 - every record goes through the durable outbox (SQLite on disk) to an embedded collector on
   127.0.0.1, backed by SQLite, signed with a key pair generated for the run;
-- at the end the session's records and the month's invoice are read back from the collector's
-  query API and printed: the session cost preview and the invoice preview.
+- the same call runs twice: with the agent deployed to LiveKit Cloud (billed as agent session
+  minutes) and self-hosted against LiveKit Cloud (billed as its own WebRTC connection minutes and
+  downstream data), chosen with ``LIVEKIT_METERING_HOSTING`` for each job;
+- at the end both sessions' records and the month's invoice are read back from the collector's
+  query API and printed: the two cost previews side by side and the invoice preview.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import tempfile
 import threading
@@ -77,6 +81,7 @@ class _Run:
     script: Sequence[tuple[str, str]]
     console: Console
     plan: str
+    quiet: bool = False  # the second call: same conversation, not printed again
     session_id: str = ""
     transcript: list[tuple[str, str]] = field(default_factory=list)
     error: BaseException | None = None
@@ -116,7 +121,8 @@ async def _converse(ctx: JobContext, run: _Run) -> None:
     from .scripted import FakeAudioInput, FakeAudioOutput, ScriptedLLM, ScriptedSTT, ScriptedTTS
 
     # Live running cost in the terminal: a listener on this job's meter (set up by ``metered``).
-    attach_preview(current_meter(), plan=run.plan, console=run.console)
+    if not run.quiet:
+        attach_preview(current_meter(), plan=run.plan, console=run.console)
     await ctx.connect()  # agent session time starts here, as LiveKit bills it
 
     stt, llm = ScriptedSTT(), ScriptedLLM([reply for _, reply in run.script], cached_tokens=0)
@@ -137,10 +143,11 @@ async def _converse(ctx: JobContext, run: _Run) -> None:
         role = getattr(item, "role", "")
         if role in ("user", "assistant") and text:
             run.transcript.append((role, text))
-            who = "[bold cyan]caller[/]" if role == "user" else "[bold green]agent [/]"
-            run.console.print(f"{who}  {text}", highlight=False)
             if role == "assistant":
                 replies.append(text)
+            if not run.quiet:
+                who = "[bold cyan]caller[/]" if role == "user" else "[bold green]agent [/]"
+                run.console.print(f"{who}  {text}", highlight=False)
 
     session.on("conversation_item_added", on_item)
     session.on("agent_state_changed", lambda event: states.append(event.new_state))
@@ -160,12 +167,22 @@ async def _converse(ctx: JobContext, run: _Run) -> None:
 
 @dataclass
 class DemoResult:
+    """``session_id``, ``records``, ``session_cost``: the call with the agent deployed to LiveKit Cloud;
+    ``self_hosted_*``: the same call self-hosted against LiveKit Cloud; ``invoice``: both, for the month."""
+
     session_id: str
     records: list[MeterRecord]
     invoice: dict[str, Any]
     transcript: list[tuple[str, str]]
     session_cost: Decimal
     database: Path
+    self_hosted_session_id: str = ""
+    self_hosted_records: list[MeterRecord] = field(default_factory=list)
+    self_hosted_cost: Decimal = Decimal(0)
+
+
+# The two calls: where the agent runs, and how the demo names it.
+HOSTINGS = (("cloud", "deployed to LiveKit Cloud"), ("self-hosted-on-cloud", "self-hosted on LiveKit Cloud"))
 
 
 async def run_demo(
@@ -223,45 +240,66 @@ async def _run_in(
     from .export import Exporter, FanoutExporter, FileExporter
     from .export.outbox import Outbox
 
-    global _current
     key, secret = "APIdemo" + secrets.token_hex(4), secrets.token_urlsafe(32)  # ephemeral, this run only
     database = directory / "collector.db"
     async with run_collector(database, keys={key: (secret, "default")}) as url:
         console.print(f"[dim]collector on {url} (SQLite {database}); outbox {directory / 'outbox.db'}[/]")
         outbox = Outbox(directory / "outbox.db", url=url, api_key=key, api_secret=secret, interval=0.2)
-        run = _Run(script=script, console=console, plan=plan)
         exporter: Exporter = outbox if keep is None else FanoutExporter(outbox, FileExporter(keep))
         entry = metered(demo_entrypoint, exporter=exporter, plan=plan, customer=demo_customer, checkpoint_interval=5)
         server = AgentServer(job_executor_type=JobExecutorType.THREAD, num_idle_processes=0, host="127.0.0.1", port=0)
         server.rtc_session(entry, agent_name=AGENT_NAME)
         started = asyncio.Event()
         server.on("worker_started", started.set)
-        _current = run
+        runs: list[tuple[_Run, list[MeterRecord]]] = []
         worker = asyncio.create_task(server.run(devmode=True, unregistered=True))
         try:
             await asyncio.wait_for(started.wait(), 60)
-            console.rule(f"[bold]A call to the {AGENT_NAME} agent (scripted caller, STT, LLM and TTS)")
-            await server.simulate_job(ROOM, fake_job=True)
-            loop = asyncio.get_running_loop()
-            if not await loop.run_in_executor(None, run.done.wait, 120):
-                raise DemoError("the demo call did not finish within 2 minutes")
-            if run.error is not None:
-                raise DemoError(f"the demo call failed: {run.error!r}") from run.error
-            records = await _collected(url, key, secret, run.session_id, outbox)
+            for hosting, name in HOSTINGS:
+                run = _Run(script=script, console=console, plan=plan, quiet=bool(runs))
+                if run.quiet:
+                    console.rule(f"[bold]The same call, with the agent {name}")
+                else:
+                    console.rule(f"[bold]A call to the {AGENT_NAME} agent {name} (scripted caller, STT, LLM and TTS)")
+                await _call(server, run, hosting)
+                runs.append((run, await _collected(url, key, secret, run.session_id, outbox)))
         finally:
             await server.aclose()
             await asyncio.wait_for(worker, 60)
-            _current = None
             await asyncio.get_running_loop().run_in_executor(None, outbox.shutdown, 5.0)
-        month = records[0].start.strftime("%Y-%m") if records else datetime.now(timezone.utc).strftime("%Y-%m")
+        first = runs[0][1]
+        month = first[0].start.strftime("%Y-%m") if first else datetime.now(timezone.utc).strftime("%Y-%m")
         invoice = await _get(url, key, secret, "/v1/invoice", month=month, plan=plan)
-    result = _report(console, run, records, invoice, plan, database)
+    result = _report(console, runs, invoice, plan, database)
     if keep is not None:
         console.print(
             f"The records are also in [bold]{keep}[/]: try [bold]livekit-metering report {keep}[/] "
             f"and [bold]livekit-metering invoice {keep} --plan {plan}[/]."
         )
     return result
+
+
+async def _call(server: Any, run: _Run, hosting: str) -> None:
+    """One call in the running worker; its job reads the hosting from the environment."""
+    from .hosting import HOSTING_ENV
+
+    global _current
+    before = os.environ.get(HOSTING_ENV)
+    os.environ[HOSTING_ENV] = hosting
+    _current = run
+    try:
+        await server.simulate_job(ROOM, fake_job=True)
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, run.done.wait, 120):
+            raise DemoError("the demo call did not finish within 2 minutes")
+        if run.error is not None:
+            raise DemoError(f"the demo call failed: {run.error!r}") from run.error
+    finally:
+        _current = None
+        if before is None:
+            os.environ.pop(HOSTING_ENV, None)
+        else:
+            os.environ[HOSTING_ENV] = before
 
 
 async def _get(url: str, key: str, secret: str, path: str, **query: str) -> Any:
@@ -277,42 +315,46 @@ async def _get(url: str, key: str, secret: str, path: str, **query: str) -> Any:
 
 
 async def _collected(url: str, key: str, secret: str, session_id: str, outbox: Any) -> list[MeterRecord]:
-    """The session's records as the collector stored them, once its final agent-session record arrived."""
-    from .records import MeterRecord
+    """The session's records as the collector stored them, once the final record of the agent's own
+    time arrived (agent session minutes, or its connection minutes when self-hosted)."""
+    from .records import MeterRecord, Status
 
     loop = asyncio.get_running_loop()
     for _ in range(100):  # bounded: about 30 s
         await loop.run_in_executor(None, outbox.flush, 0.3)
-        body = await _get(url, key, secret, "/v1/sessions", limit="10")
-        closed = [s for s in body["sessions"] if s["session_id"] == session_id and s["state"] == "closed"]
-        if closed:
-            data = await _get(url, key, secret, f"/v1/sessions/{session_id}/records")
-            return [MeterRecord.from_json({k: v for k, v in r.items() if k != "cost"}) for r in data["records"]]
+        data = await _get(url, key, secret, f"/v1/sessions/{session_id}/records")
+        records = [MeterRecord.from_json({k: v for k, v in r.items() if k != "cost"}) for r in data["records"]]
+        if any(r.meta.get("session_time") is True and r.status is Status.OK for r in records):
+            return records
         await asyncio.sleep(0.05)
     raise DemoError(f"the collector never received the final record of session {session_id}")
 
 
 def _report(
     console: Console,
-    run: _Run,
-    records: list[MeterRecord],
+    runs: list[tuple[_Run, list[MeterRecord]]],
     invoice: dict[str, Any],
     plan: str,
     database: Path,
 ) -> DemoResult:
     from rich.table import Table
 
-    from .preview import render_summary
+    from .preview import render_comparison
     from .pricing import PriceBook
 
     book = PriceBook.bundled()
-    session_cost = book.cost(records, plan=plan).total
+    (deployed, records), (self_hosted, self_hosted_records) = runs
     console.print()
     console.print(
-        f"The collector stored {len(records)} records for session [bold]{run.session_id}[/] "
-        f"(customer {CUSTOMER}), sent through the outbox and signed."
+        f"The collector stored {len(records)} records for session [bold]{deployed.session_id}[/] and "
+        f"{len(self_hosted_records)} for [bold]{self_hosted.session_id}[/] (customer {CUSTOMER}), "
+        "sent through the outbox and signed."
     )
-    console.print(render_summary(records, book, plan))
+    console.print(
+        render_comparison(
+            {f"agent {name}": found for (_, name), (_, found) in zip(HOSTINGS, runs, strict=True)}, book, plan
+        )
+    )
     table = Table(title=f"Invoice preview: {plan} plan, {invoice.get('month')}", title_justify="left")
     for name, justify in (
         ("item", "left"),
@@ -334,18 +376,21 @@ def _report(
     due = "nothing due" if invoice.get("nothing_due") or "total" not in invoice else _usd(invoice["total"])
     table.add_row("[bold]Total due[/]", "", "", "", f"[bold]{due}[/]")
     console.print(table)
-    local = book.invoice(records, plan=plan, month=str(invoice.get("month"))).to_json()
+    local = book.invoice([*records, *self_hosted_records], plan=plan, month=str(invoice.get("month"))).to_json()
     if local == invoice:
-        console.print("The collector's invoice preview matches the one computed here from the session's records.")
+        console.print("The collector's invoice preview matches the one computed here from both sessions' records.")
     else:
         console.print("[bold red]The collector's invoice preview differs from the one computed here.[/]")
     return DemoResult(
-        session_id=run.session_id,
+        session_id=deployed.session_id,
         records=records,
         invoice=invoice,
-        transcript=run.transcript,
-        session_cost=session_cost,
+        transcript=deployed.transcript,
+        session_cost=book.cost(records, plan=plan).total,
         database=database,
+        self_hosted_session_id=self_hosted.session_id,
+        self_hosted_records=self_hosted_records,
+        self_hosted_cost=book.cost(self_hosted_records, plan=plan).total,
     )
 
 

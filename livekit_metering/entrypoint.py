@@ -16,6 +16,11 @@ For each job it creates a SessionMeter, makes it the current meter around the us
 - the job runner's shutdown request (the worker closing the job): the instant it is requested;
 - a shutdown callback that writes the final record before its first ``await``, logs the cost
   line, and shuts the exporter down within the worker's shutdown window.
+
+Where the agent runs (``hosting.py``) decides what its own time is billed as. Once connected, the
+room around it is watched too (``room.py``: SIP callers, downstream data; ``voice_isolation.py``),
+and the session's observability (``observability.py``) is counted as livekit-agents uploads it;
+when its exporters run, the final count waits for the job runner's cleanup, which flushes them.
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, overload
 
 from .costlog import log_summary, summarize
 from .export.base import Exporter
 from .export.fallback import file_instead, with_fallback
+from .hosting import Hosting
 from .meter import use_meter
+from .observability import Observability
 from .options import AttributesOption, CustomerOption, ExporterOption, InvalidOption, MeteringOptions
 from .preview import CostPreview, maybe_attach_preview
 from .rates import RatePolicy, get_policy
+from .room import DataTransfer, SipCalls
 from .session import Clock, EndCause, SessionMeter, register
+from .voice_isolation import VoiceIsolation
 
 if TYPE_CHECKING:
     from livekit.agents import JobContext
@@ -121,6 +130,8 @@ def metered(
     attributes: AttributesOption | None = ...,
     preview: bool | None = ...,
     clock: Clock | None = ...,
+    hosting: str | None = ...,
+    phone_numbers: Iterable[str] | None = ...,
 ) -> MeteredEntrypoint: ...
 
 
@@ -140,6 +151,8 @@ def metered(
     attributes: AttributesOption | None = ...,
     preview: bool | None = ...,
     clock: Clock | None = ...,
+    hosting: str | None = ...,
+    phone_numbers: Iterable[str] | None = ...,
 ) -> Callable[[Entrypoint], MeteredEntrypoint]: ...
 
 
@@ -158,6 +171,8 @@ def metered(
     attributes: AttributesOption | None = None,
     preview: bool | None = None,
     clock: Clock | None = None,
+    hosting: str | None = None,
+    phone_numbers: Iterable[str] | None = None,
 ) -> MeteredEntrypoint | Callable[[Entrypoint], MeteredEntrypoint]:
     """Meter the agent session of every job this entrypoint runs.
 
@@ -175,7 +190,11 @@ def metered(
       in the job metadata (a JSON object), then in the participants' attributes;
     - ``attributes``: a callable ``(ctx) -> dict[str, str]`` of labels for the records;
     - ``preview`` (LIVEKIT_METERING_PREVIEW): a live cost preview in the terminal and a summary
-      table at the end; on by default in ``dev`` and ``console`` mode.
+      table at the end; on by default in ``dev`` and ``console`` mode;
+    - ``hosting`` (LIVEKIT_METERING_HOSTING): ``cloud``, ``self-hosted-on-cloud`` or ``self-hosted``;
+      detected by default (see ``livekit_metering.hosting``);
+    - ``phone_numbers`` (LIVEKIT_METERING_PHONE_NUMBERS, comma-separated): the project's LiveKit
+      Phone Numbers, to tell their calls from third-party trunk calls (see ``livekit_metering.telephony``).
 
     A wrong keyword, or a wrong variable for an option left unset, raises InvalidOption here,
     saying what to write instead.
@@ -192,6 +211,8 @@ def metered(
         attributes=attributes,
         preview=preview,
         clock=clock,
+        hosting=hosting,
+        phone_numbers=phone_numbers,  # type: ignore[arg-type]  # checked, and made a tuple, by MeteringOptions
     )
     options.check()  # the environment too: a typo fails here, at worker start-up, not in every job
     if fn is None:
@@ -206,6 +227,8 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
     """Create the job's meter and install the hooks; on any failure, log it and run unmetered."""
     try:
         exporter, owned = _exporter_or_fallback(options)
+        url = _livekit_url(ctx)
+        hosting, hosting_source = options.resolved_hosting(url)
         meter = SessionMeter.for_job(
             ctx,
             exporter=exporter,
@@ -213,6 +236,8 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
             checkpoint_interval=options.resolved_interval(),
             clock=options.clock,
             attribution=_Attribution(ctx, options.resolved_customer(), options.attributes),
+            hosting=hosting,
+            hosting_source=hosting_source,
         )
         hooks = _JobHooks(ctx, meter, options, exporter=exporter, owns_exporter=owned)
         hooks.preview = maybe_attach_preview(
@@ -224,6 +249,12 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
     except Exception:
         logger.exception("livekit-metering could not start metering job %s; it runs unmetered", _job_id(ctx))
         return None
+
+
+def _livekit_url(ctx: JobContext) -> str:
+    """The LiveKit server URL of the job (what livekit-agents connects to and checks with is_cloud)."""
+    info = getattr(ctx, "_info", None)
+    return str(getattr(info, "url", "") or os.environ.get("LIVEKIT_URL", ""))
 
 
 def _job_id(ctx: JobContext) -> str:
@@ -357,6 +388,10 @@ class _JobHooks:
         self.owns_exporter = owns_exporter
         self.preview: CostPreview | None = None
         self._runner_future: asyncio.Future[Any] | None = None
+        self.observability = Observability(meter, ctx, livekit_url=_livekit_url(ctx))
+        self.voice_isolation = VoiceIsolation(meter, find_input=self._room_audio_input)
+        self._after_cleanup = False  # the summary and the exporter's shutdown wait for the runner's cleanup
+        self._cleanup_hooked = False
 
     def install(self) -> None:
         ctx = self.ctx
@@ -367,7 +402,9 @@ class _JobHooks:
         async def connect(*args: Any, **kwargs: Any) -> None:
             await original_connect(*args, **kwargs)  # a ConnectError propagates: no session starts
             try:
-                meter.connected()
+                room = ctx.room.local_participant
+                if meter.connected(participant_sid=str(room.sid or ""), participant_identity=str(room.identity or "")):
+                    self._watch_room()
             except Exception:
                 logger.exception("livekit-metering: connect hook failed")
 
@@ -387,6 +424,60 @@ class _JobHooks:
         else:
             logger.debug("livekit-metering: no job-runner shutdown future; worker shutdowns end at the callback")
         ctx.add_shutdown_callback(self._on_job_shutdown)
+        self.observability.install(on_session_start=self._session_starting)
+        self._install_cleanup_hook()
+
+    def _watch_room(self) -> None:
+        """Once connected: the SIP callers, the downstream data and the voice isolation of the room's audio."""
+        meter, room = self.meter, self.ctx.room
+        calls = SipCalls(meter, room, livekit_numbers=self.options.resolved_phone_numbers())
+        meter.add_usage(calls)
+        calls.start()
+        # A Cloud-deployed agent's own traffic is not billed as data transfer; a console job has no transport.
+        if meter.hosting is not Hosting.CLOUD and not self.ctx.is_fake_job():
+            data = DataTransfer(meter, room)
+            meter.add_usage(data)
+            data.sample_before_disconnect()
+        meter.add_usage(self.voice_isolation)
+        self.voice_isolation.watch(self._room_audio_input())
+
+    def _session_starting(self) -> None:
+        # AgentSession.start() creates its RoomIO right after this (no await between); its input
+        # streams only come later, from a task: look for the input on the next loop turn.
+        try:
+            asyncio.get_running_loop().call_soon(lambda: self.voice_isolation.watch(self._room_audio_input()))
+        except RuntimeError:
+            pass
+
+    def _room_audio_input(self) -> Any:
+        session = getattr(self.ctx, "_primary_agent_session", None)
+        return getattr(getattr(session, "_room_io", None), "_audio_input", None)
+
+    def _install_cleanup_hook(self) -> None:
+        # The job runner's cleanup flushes livekit-agents' telemetry exporters: the observability
+        # count is final only after it. Observed on this job's instance, like connect and shutdown.
+        original = getattr(self.ctx, "_on_cleanup", None)
+        if not callable(original):
+            return
+
+        async def on_cleanup() -> None:
+            try:
+                await original()
+            finally:
+                await self._cleaned_up()
+
+        self.ctx._on_cleanup = on_cleanup  # type: ignore[method-assign]
+        self._cleanup_hooked = True
+
+    async def _cleaned_up(self) -> None:
+        try:
+            self.observability.after_cleanup()
+            if self._after_cleanup:
+                self._summarize()
+        except Exception:
+            logger.exception("livekit-metering could not finish the observability of %s", self.meter.session_id)
+        if self._after_cleanup and self.owns_exporter:
+            await self._shutdown_exporter()
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -427,20 +518,26 @@ class _JobHooks:
                 self.meter.end(_cause_of(reason, user_initiated=False), end_source="shutdown_callback")
             self.meter.note(shutdown_reason=reason)
             self.meter.finish()
-            summary = summarize(
-                self.meter.records,
-                session_id=self.meter.session_id,
-                plan=self.options.resolved_plan(),
-                prices=self.options.resolved_prices(),
-            )
-            if summary.connected or self.meter.records:
-                log_summary(summary)
-            if self.preview is not None:
-                self.preview.close()
+            # While livekit-agents' exporters still run for this job, the summary waits for their last flush.
+            self._after_cleanup = self._cleanup_hooked and self.observability.counting
+            if not self._after_cleanup:
+                self._summarize()
         except Exception:
             logger.exception("livekit-metering could not finish the session of %s", self.meter.session_id)
-        if self.owns_exporter:
+        if self.owns_exporter and not self._after_cleanup:
             await self._shutdown_exporter()
+
+    def _summarize(self) -> None:
+        summary = summarize(
+            self.meter.records,
+            session_id=self.meter.session_id,
+            plan=self.options.resolved_plan(),
+            prices=self.options.resolved_prices(),
+        )
+        if summary.connected or self.meter.records:
+            log_summary(summary)
+        if self.preview is not None:
+            self.preview.close()
 
     async def _shutdown_exporter(self) -> None:
         try:

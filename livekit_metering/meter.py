@@ -92,12 +92,17 @@ class Meter:
         start: datetime,
         end: datetime,
         status: Status = Status.OK,
+        id: str | None = None,
         **fields: Any,
     ) -> MeterRecord | None:
-        """Round, build and export the record of one usage; return it, or None if metering failed."""
+        """Round, build and export the record of one usage; return it, or None if metering failed.
+
+        The record's id is ``record_id(session_id, usage, resource)`` unless ``id`` gives the id both
+        the agent and the collector derive for it (``participant_usage_id``).
+        """
         try:
             record = self.policy.record(
-                id=record_id(self.session_id, usage, resource),
+                id=id or record_id(self.session_id, usage, resource),
                 session_id=self.session_id,
                 resource=resource,
                 raw=raw,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -27,6 +27,7 @@ from .rates import RatePolicy, UnknownPolicy, get_policy
 if TYPE_CHECKING:
     from livekit.agents import JobContext
 
+    from .hosting import Hosting
     from .session import Clock
 
 __all__ = [
@@ -147,14 +148,40 @@ def _any(value: Any) -> Any:
     return value
 
 
+def _hosting(value: Any) -> str:
+    from .hosting import Hosting
+
+    try:
+        return Hosting(str(value).strip().lower()).value
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(repr(h.value) for h in Hosting)}") from None
+
+
+def _phone_numbers(value: Any) -> tuple[str, ...]:
+    from .telephony import parse_numbers
+
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValueError('takes a list of numbers, e.g. ["+14155550100", "+18005550100"], not one string')
+    numbers = tuple(str(n) for n in value)
+    if not parse_numbers(numbers):
+        raise ValueError("holds no phone number: give E.164 numbers such as +14155550100")
+    return numbers
+
+
+def _comma_separated(text: str) -> tuple[str, ...]:
+    return tuple(text.split(","))
+
+
 @dataclass(frozen=True)
 class Setting:
-    """One option: its ``MeteringOptions`` field, environment variable (if any), check and default."""
+    """One option: its ``MeteringOptions`` field, environment variable (if any), check and default;
+    ``from_env`` turns the variable's text into what the keyword takes, when they differ."""
 
     field: str
     env: str | None
     check: Callable[[Any], Any]
     default: Any = None
+    from_env: Callable[[str], Any] | None = None
 
     def where(self, *, from_env: bool, value: Any) -> str:
         if from_env:
@@ -177,12 +204,16 @@ SETTINGS: dict[str, Setting] = {
         Setting("attributes", None, _attributes),
         Setting("preview", "LIVEKIT_METERING_PREVIEW", _switch),
         Setting("clock", None, _any),
+        Setting("hosting", "LIVEKIT_METERING_HOSTING", _hosting),
+        Setting("phone_numbers", "LIVEKIT_METERING_PHONE_NUMBERS", _phone_numbers, from_env=_comma_separated),
     )
 }
 
 
 def _checked(setting: Setting, value: Any, *, from_env: bool) -> Any:
     try:
+        if from_env and setting.from_env is not None:
+            return setting.check(setting.from_env(value))
         return setting.check(value)
     except ValueError as exc:
         raise InvalidOption(f"{setting.where(from_env=from_env, value=value)}: {exc}") from None
@@ -217,6 +248,8 @@ class MeteringOptions:
     attributes: AttributesOption | None = None
     preview: bool | None = None
     clock: Clock | None = None  # for tests: a controllable clock
+    hosting: str | None = None
+    phone_numbers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name, setting in SETTINGS.items():
@@ -280,6 +313,21 @@ class MeteringOptions:
 
     def resolved_preview(self) -> bool | None:
         return cast("bool | None", self.resolve("preview"))
+
+    def resolved_hosting(self, livekit_url: str) -> tuple[Hosting, str]:
+        """Where the agent runs, and how that was decided (see ``hosting.detect_hosting``)."""
+        from .hosting import HOSTING_ENV, detect_hosting
+
+        try:
+            return detect_hosting(livekit_url, option=self.hosting)
+        except ValueError as exc:  # a bad LIVEKIT_METERING_HOSTING: detect as if it were unset
+            logger.error("livekit-metering: %s; detecting the hosting instead", exc)
+            return detect_hosting(livekit_url, environ={k: v for k, v in os.environ.items() if k != HOSTING_ENV})
+
+    def resolved_phone_numbers(self) -> frozenset[str] | None:
+        from .telephony import parse_numbers
+
+        return parse_numbers(self.resolve("phone_numbers"))
 
     def check_picklable(self) -> None:
         """The PROCESS executor pickles the entrypoint with its options: fail early and say which one."""

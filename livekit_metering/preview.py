@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from .hosting import NOT_BILLED_PROVIDER
 from .money import usd
 from .records import MeterRecord, Resource, Status, Unit, latest_forms
 
@@ -31,6 +32,7 @@ __all__ = [
     "attach_preview",
     "maybe_attach_preview",
     "preview_enabled",
+    "render_comparison",
     "render_summary",
     "summary_lines",
 ]
@@ -43,11 +45,18 @@ _FALSE = ("0", "false", "no", "off")
 _LABELS: dict[Resource, str] = {
     Resource.AGENT_SESSION: "Agent session",
     Resource.CONNECTION: "WebRTC connection",
+    Resource.DATA_TRANSFER: "Downstream data",
+    Resource.SIP_INBOUND: "Phone number inbound",
+    Resource.SIP_INBOUND_TOLL_FREE: "Toll-free inbound",
+    Resource.SIP_TRUNK: "SIP trunk",
+    Resource.VOICE_ISOLATION: "Voice isolation",
     Resource.STT: "STT",
     Resource.LLM_INPUT: "LLM input",
     Resource.LLM_INPUT_CACHED: "LLM cached input",
     Resource.LLM_OUTPUT: "LLM output",
     Resource.TTS: "TTS",
+    Resource.OBSERVABILITY_EVENT: "Observability events",
+    Resource.RECORDED_AUDIO: "Recorded audio",
 }
 _UNIT_NAMES: dict[Unit, tuple[str, str]] = {
     Unit.MINUTE: ("minute", "minutes"),
@@ -92,6 +101,7 @@ class SummaryLine:
     quantity: Decimal  # billable, rounded per usage
     cost: Decimal | None  # None when the price book has no price for it
     usages: int
+    billed_by_livekit: bool = True  # False: your own LiveKit server's usage, shown at $0
 
     @property
     def unit_price(self) -> Decimal | None:
@@ -110,21 +120,37 @@ class _Sum:
 
 def summary_lines(records: Iterable[MeterRecord], book: PriceBook, plan: str = "ship") -> list[SummaryLine]:
     """Sum records per (resource, model, unit), priced with ``book``; the latest form of each usage counts once."""
-    sums: dict[tuple[Resource, str, Unit], _Sum] = {}
+    from .pricing.book import billed_by_livekit
+
+    sums: dict[tuple[Resource, str, Unit, bool], _Sum] = {}
     for record in latest_forms(records):
         price = book.price_of(record, plan=plan)
-        acc = sums.setdefault((record.resource, record.model, record.unit), _Sum())
+        acc = sums.setdefault((record.resource, record.model, record.unit, billed_by_livekit(record)), _Sum())
         acc.raw += record.raw
         acc.quantity += record.quantity
         acc.cost = None if acc.cost is None or price is None else acc.cost + price
         acc.usages += 1
     order = list(_LABELS)
     lines = [
-        SummaryLine(resource=r, model=m, unit=u, raw=a.raw, quantity=a.quantity, cost=a.cost, usages=a.usages)
-        for (r, m, u), a in sums.items()
+        SummaryLine(
+            resource=r,
+            model=m,
+            unit=u,
+            raw=a.raw,
+            quantity=a.quantity,
+            cost=a.cost,
+            usages=a.usages,
+            billed_by_livekit=b,
+        )
+        for (r, m, u, b), a in sums.items()
     ]
     lines.sort(
-        key=lambda s: (order.index(s.resource) if s.resource in order else len(order), s.resource.value, s.model)
+        key=lambda s: (
+            order.index(s.resource) if s.resource in order else len(order),
+            s.resource.value,
+            s.model,
+            not s.billed_by_livekit,
+        )
     )
     return lines
 
@@ -146,6 +172,8 @@ def _billable(line: SummaryLine) -> str:
 
 
 def _unit_price(line: SummaryLine) -> str:
+    if not line.billed_by_livekit:
+        return "not billed by LiveKit"
     price = line.unit_price
     if price is None:
         return "unpriced" if line.cost is None else "-"
@@ -192,6 +220,48 @@ def render_summary(records: Iterable[MeterRecord], book: PriceBook, plan: str = 
         )
     table.add_section()
     table.add_row("[bold]Total[/]", "", "", "", "", f"[bold]{usd(total)}[/]" + (" +unpriced" if unpriced else ""))
+    table.caption = "Each usage is rounded up to its increment before summing; included plan quotas are not deducted."
+    return table
+
+
+def render_comparison(runs: Mapping[str, Iterable[MeterRecord]], book: PriceBook, plan: str = "ship") -> Table:
+    """Several sessions' cost previews side by side (the demo's deployed and self-hosted calls): per
+    resource and model, each session's billable amount and cost, then each session's total."""
+    from rich.table import Table
+
+    table = Table(title=f"Session cost preview (LiveKit {plan} plan list prices)", title_justify="left")
+    table.add_column("resource")
+    table.add_column("model")
+    for name in runs:
+        table.add_column(name, justify="right")
+    columns = {name: summary_lines(records, book, plan) for name, records in runs.items()}
+    order: list[tuple[Resource, str, Unit, bool]] = []
+    cells: dict[tuple[Resource, str, Unit, bool], dict[str, SummaryLine]] = {}
+    for name, lines in columns.items():
+        for line in lines:
+            key = (line.resource, line.model, line.unit, line.billed_by_livekit)
+            if key not in cells:
+                order.append(key)
+            cells.setdefault(key, {})[name] = line
+    ranks = list(_LABELS)
+    order.sort(key=lambda k: (ranks.index(k[0]) if k[0] in ranks else len(ranks), k[0].value, k[1], not k[3]))
+    for key in order:
+        row = [_LABELS.get(key[0], key[0].value), key[1]]
+        for name in runs:
+            cell = cells[key].get(name)
+            if cell is None:
+                row.append("")
+            elif not cell.billed_by_livekit:
+                row.append(f"{_billable(cell)}, not billed by LiveKit")
+            else:
+                row.append(f"{_billable(cell)}: {usd(cell.cost)}")
+        table.add_row(*row)
+    table.add_section()
+    totals = []
+    for lines in columns.values():
+        priced = sum((ln.cost for ln in lines if ln.cost is not None), Decimal(0))
+        totals.append(f"[bold]{usd(priced)}[/]" + (" +unpriced" if any(ln.cost is None for ln in lines) else ""))
+    table.add_row("[bold]Total[/]", "", *totals)
     table.caption = "Each usage is rounded up to its increment before summing; included plan quotas are not deducted."
     return table
 
@@ -252,6 +322,8 @@ class CostPreview:
         label = _LABELS.get(record.resource, record.resource.value)
         line = SummaryLine(record.resource, record.model, record.unit, record.raw, record.quantity, cost, 1)
         what = f"{label} {_billable(line)}" + (f" ({record.model})" if record.model else "")
+        if record.provider == NOT_BILLED_PROVIDER:
+            what += " (not billed by LiveKit)"
         running = " (running)" if record.status is Status.CHECKPOINT else ""
         return f"[dim]💲 {what}{running}: {usd(cost, 6)}[/dim]  [bold]session so far {usd(total)}[/]"
 

@@ -39,6 +39,7 @@ from .scan import (
     KEY,
     ROOM,
     SESSION,
+    SESSION_TIME,
     SPILL_LIMIT,
     START_MS,
     RecordsFile,
@@ -317,7 +318,7 @@ def _session_line(items: list[Usage], costing: Costing) -> SessionLine:
     billed = 0
     for u in items:
         sums[u[KEY]] = sums.get(u[KEY], 0) + u[BILLABLE]
-        if u[KEY][0] == "agent_session":
+        if u[SESSION_TIME]:
             billed += u[BILLABLE]
     cost = costing.cost(sums.items())
     return SessionLine(

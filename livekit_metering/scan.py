@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Final, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from .rates import check_record
-from .records import UNIT_SIZE, InvalidRecord, MeterRecord, Status
+from .records import UNIT_SIZE, InvalidRecord, MeterRecord, Resource, Status
 
 __all__ = [
     "AGENT",
@@ -38,6 +38,7 @@ __all__ = [
     "KEY",
     "ROOM",
     "SESSION",
+    "SESSION_TIME",
     "RecordsFile",
     "Skipped",
     "Usage",
@@ -206,8 +207,9 @@ AGENT: Final = 7
 CUSTOMER: Final = 8
 KEY: Final = 9
 BILLABLE: Final = 10
+SESSION_TIME: Final = 11  # the agent's own time in the room, billed by LiveKit (its billed minutes)
 StrKey = tuple[str, str, str, str, str, str]
-Usage = tuple[str, bool, int, int, str, int, str, str, str, StrKey, int]
+Usage = tuple[str, bool, int, int, str, int, str, str, str, StrKey, int, bool]
 
 
 def usages(
@@ -240,7 +242,7 @@ def usages(
         billable = int(r.quantity * UNIT_SIZE[unit])
         if not detail:
             end_ms = 0 if final else round(r.end.timestamp() * 1000)
-            yield (r.id, final, end_ms, r.raw, "", 0, "", "", "", key, billable)
+            yield (r.id, final, end_ms, r.raw, "", 0, "", "", "", key, billable, False)
             continue
         if len(shared) > 100_000:
             shared.clear()
@@ -256,6 +258,10 @@ def usages(
             share(r.customer, r.customer),
             key,
             billable,
+            # As the collector's sessions count it: agent_session (deployed to LiveKit Cloud) or a
+            # self-hosted agent's own connection marked meta.session_time; not on your own server.
+            (r.resource is Resource.AGENT_SESSION or r.meta.get("session_time") is True)
+            and r.provider.strip().lower() in ("", "livekit"),
         )
 
 

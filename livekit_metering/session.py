@@ -2,10 +2,16 @@
 
 The session's lifecycle is a few facts: when the agent connected, when and why the session ended,
 and the details seen on the way (the room's DisconnectReason, the job's shutdown reason). The
-hooks in ``entrypoint.py`` report those facts; this module turns them into ``agent_session``
-records: a zero-length checkpoint at connect (so a crash right after it still leaves the start on
-disk), a checkpoint every ``checkpoint_interval`` seconds while the session is open, one at the
-end instant, and the final record, all with the same id, each superseding the one before.
+hooks in ``entrypoint.py`` report those facts; this module turns them into the records of the
+agent's own time in the room: ``agent_session`` when the agent is deployed to LiveKit Cloud, its
+own WebRTC ``connection`` otherwise (see ``hosting.py``). A zero-length checkpoint at connect (so
+a crash right after it still leaves the start on disk), a checkpoint every ``checkpoint_interval``
+seconds while the session is open, one at the end instant, and the final record, all with the
+same id, each superseding the one before.
+
+Other usages that live within the session (a SIP call, the downstream data, an audio stream
+through enhanced noise cancellation) are ``SessionUsage``s added to the meter: they are sampled
+and checkpointed with the session, told when it ends, and finished with it.
 
 Durations come from a monotonic clock; the wall-clock stamps are derived from one anchor taken when
 the meter is created, so ``end - start`` always equals the measured duration.
@@ -25,14 +31,15 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .export.base import Exporter
+from .hosting import Hosting
 from .meter import Meter
 from .rates import RatePolicy
-from .records import MeterRecord, Resource, Status
+from .records import MeterRecord, Resource, Status, participant_usage_id
 
 if TYPE_CHECKING:
     from livekit.agents import JobContext
 
-__all__ = ["Clock", "EndCause", "SessionMeter", "SystemClock", "meter_for"]
+__all__ = ["Clock", "EndCause", "IntervalUsage", "SessionMeter", "SessionUsage", "SystemClock", "meter_for"]
 
 logger = logging.getLogger("livekit_metering")
 
@@ -67,6 +74,28 @@ class EndCause(str, Enum):
 
 
 Attribution = Callable[[], tuple[str | None, Mapping[str, str] | None]]
+Meta = dict[str, str | int | bool]
+
+
+class SessionUsage:
+    """A usage that lives within the session. Each step is called by the SessionMeter, guarded, never raising into it.
+
+    ``sample`` refreshes what it measures (it may await the room) before each periodic checkpoint;
+    ``checkpoint`` writes its running figure; ``session_ended`` is called once, at the session's end
+    instant; ``finish`` writes its final figure when the session's final record is written.
+    """
+
+    async def sample(self) -> None:
+        return None
+
+    def checkpoint(self) -> None:
+        return None
+
+    def session_ended(self) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
 
 
 class SessionMeter(Meter):
@@ -86,9 +115,13 @@ class SessionMeter(Meter):
         checkpoint_interval: float = 15.0,
         clock: Clock | None = None,
         attribution: Attribution | None = None,
+        hosting: Hosting = Hosting.CLOUD,
+        hosting_source: str = "",
         **context: Any,
     ) -> None:
         super().__init__(session_id=session_id, exporter=exporter, policy=policy, **context)
+        self.hosting = hosting
+        self.hosting_source = hosting_source  # how the hosting was decided: option, env, deployment or url
         if not checkpoint_interval > 0:
             raise ValueError(f"checkpoint_interval must be a positive number of seconds, got {checkpoint_interval!r}")
         self.checkpoint_interval = float(checkpoint_interval)
@@ -104,6 +137,9 @@ class SessionMeter(Meter):
         self.shutdown_reason: str | None = None
         self.end_detail: dict[str, str] = {}
         self.final: MeterRecord | None = None
+        self.participant_sid = ""  # the agent's own participant, once connected
+        self.participant_identity = ""
+        self.usages: list[SessionUsage] = []
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._session_lock = threading.Lock()
 
@@ -145,17 +181,30 @@ class SessionMeter(Meter):
     def _ms(self, at: float) -> int:
         return self._wall0_ms + math.floor((at - self._mono0) * 1000)
 
+    def monotonic_of(self, wall: datetime) -> float:
+        """The instant of UTC wall time ``wall`` on this meter's monotonic clock (for times the server reports)."""
+        ms = (wall - _EPOCH) // timedelta(milliseconds=1)
+        return self._mono0 + (ms - self._wall0_ms) / 1000
+
     # -- events ------------------------------------------------------------------------------------
 
-    def connected(self, at: float | None = None) -> bool:
+    def connected(self, at: float | None = None, *, participant_sid: str = "", participant_identity: str = "") -> bool:
         """The agent's connection to the room completed. Starts the session unless it started or ended already."""
         with self._session_lock:
             if self.started_at is not None or self.ended_at is not None:
                 return False
             self.started_at = self.clock.monotonic() if at is None else at
+            self.participant_sid = participant_sid
+            self.participant_identity = participant_identity
         self.checkpoint()  # the start is on disk before the agent moves on
         self._start_checkpoints()
         return True
+
+    def add_usage(self, usage: SessionUsage) -> None:
+        """Run ``usage`` alongside the session (sampled, checkpointed, ended and finished with it)."""
+        self.usages.append(usage)
+        if self.ended_at is not None:
+            self._each("session_ended", usage)
 
     def end(
         self,
@@ -178,6 +227,8 @@ class SessionMeter(Meter):
             self._stop_checkpoints()
             if self.started_at is not None:
                 self.checkpoint()  # the exact end survives a crash before the final record is written
+            for usage in list(self.usages):
+                self._each("session_ended", usage)
         return first
 
     def note(self, *, disconnect_reason: str | None = None, shutdown_reason: str | None = None) -> None:
@@ -208,31 +259,96 @@ class SessionMeter(Meter):
         if self.started_at is None:
             return None
         self.final = self._write(Status.OK)
+        self._cloud_agent_connection()
+        for usage in list(self.usages):
+            self._each("finish", usage)
         return self.final
 
-    def _write(self, status: Status) -> MeterRecord | None:
+    def _cloud_agent_connection(self) -> None:
+        """A Cloud-deployed agent's own participant, under the id LiveKit's webhooks give the collector:
+        its WebRTC minutes are covered by agent session minutes (0, ``meta.covered_by``), unless the
+        rate policy says LiveKit bills them too. Written so a webhook-derived figure never bills them."""
+        if self.hosting is not Hosting.CLOUD or not self.participant_sid or self.started_at is None:
+            return
+        end = self.ended_at if self.ended_at is not None else self.clock.monotonic()
+        room_sid = str(self.context.get("room_sid", ""))
+        usage_id = participant_usage_id(room_sid, self.participant_sid, Resource.CONNECTION)
+        meta: Meta = {
+            "job_id": self.session_id,
+            **self.participant_meta(self.participant_sid, self.participant_identity),
+        }
+        if self.policy.cloud_agent_connection:
+            self.interval(
+                Resource.CONNECTION, self.started_at, end, Status.OK, usage="connection", id=usage_id, meta=meta
+            )
+            return
+        start = self.wall(self.started_at)
+        self.record(  # never raises
+            Resource.CONNECTION,
+            0,
+            usage="connection",
+            id=usage_id,
+            start=start,
+            end=max(start, self.wall(end)),
+            meta={**meta, "hosting": self.hosting.value, "covered_by": Resource.AGENT_SESSION.value},
+        )
+
+    def interval(
+        self,
+        resource: Resource,
+        start: float,
+        end: float,
+        status: Status,
+        *,
+        usage: str,
+        meta: Meta,
+        id: str | None = None,
+    ) -> MeterRecord | None:
+        """Write one time usage from monotonic ``start`` to ``end``, with the session's hosting; never raises."""
         try:
             self._attribute()
-            assert self.started_at is not None
-            start = self.wall(self.started_at)
-            end_at = self.ended_at if self.ended_at is not None else self.clock.monotonic()
-            end = max(start, self.wall(end_at))
-            raw = int((end - start) / timedelta(milliseconds=1))
+            wall_start = self.wall(start)
+            wall_end = max(wall_start, self.wall(end))
+            raw = int((wall_end - wall_start) / timedelta(milliseconds=1))
             return self.record(
-                Resource.AGENT_SESSION,
+                resource,
                 raw,
-                usage=SESSION_USAGE,
-                start=start,
-                end=end,
+                usage=usage,
+                id=id,
+                start=wall_start,
+                end=wall_end,
                 status=status,
-                meta=self._meta(),
+                provider=self.hosting.provider,
+                meta={**meta, "hosting": self.hosting.value},
             )
         except Exception:
-            logger.exception("livekit-metering could not write the session record of %s", self.session_id)
+            logger.exception(
+                "livekit-metering could not write the %s record %r of %s", resource, usage, self.session_id
+            )
             return None
 
-    def _meta(self) -> dict[str, str | int | bool]:
-        meta: dict[str, str | int | bool] = {"job_id": self.session_id}
+    def participant_meta(self, sid: str, identity: str) -> Meta:
+        return {"participant_sid": sid, "participant_identity": identity[:256]} if sid else {}
+
+    def _write(self, status: Status) -> MeterRecord | None:
+        assert self.started_at is not None
+        resource = self.hosting.session_resource
+        end_at = self.ended_at if self.ended_at is not None else self.clock.monotonic()
+        # Off LiveKit Cloud deployments the agent is a WebRTC participant like any other: its minutes
+        # carry the id the collector derives from the participant's webhooks.
+        shared = resource is Resource.CONNECTION and self.participant_sid
+        usage_id = (
+            participant_usage_id(self.context.get("room_sid", ""), self.participant_sid, resource) if shared else None
+        )
+        return self.interval(
+            resource, self.started_at, end_at, status, usage=SESSION_USAGE, id=usage_id, meta=self._meta()
+        )
+
+    def _meta(self) -> Meta:
+        meta: Meta = {"job_id": self.session_id, "session_time": True}
+        meta.update(self.participant_meta(self.participant_sid, self.participant_identity))
+        if self.hosting_source:
+            meta["hosting_source"] = self.hosting_source
         worker = self.context.get("worker_id")
         if worker:
             meta["worker_id"] = str(worker)
@@ -281,8 +397,107 @@ class SessionMeter(Meter):
         # Bounded by the session: it stops at the end event, or when the job's loop is torn down.
         while self.ended_at is None:
             await asyncio.sleep(self.checkpoint_interval)
+            for usage in list(self.usages):
+                try:
+                    await usage.sample()
+                except Exception:
+                    logger.exception("livekit-metering: sampling %s failed", type(usage).__name__)
             if self.ended_at is None:
                 self.checkpoint()
+                for usage in list(self.usages):
+                    self._each("checkpoint", usage)
+
+    def _each(self, step: str, usage: SessionUsage) -> None:
+        try:
+            getattr(usage, step)()
+        except Exception:
+            logger.exception("livekit-metering: %s of %s failed", step, type(usage).__name__)
+
+
+class IntervalUsage(SessionUsage):
+    """A time usage within the session, from ``start`` to its own end or the session's (a SIP call, an audio stream).
+
+    Its start is on disk as a checkpoint at once; it is checkpointed with the session; its final
+    record is written when it ends, or with the session's. ``meta["clipped"]`` says which ends the
+    agent did not see itself: ``start`` when it began before the agent connected, ``end`` when it
+    outlived the session. A usage someone else also reports (a SIP call: LiveKit's webhooks) is
+    ``final_at_session_end=False``: outliving the session, its figure stays a checkpoint, for the
+    collector to close at the end LiveKit reports.
+    """
+
+    def __init__(
+        self,
+        meter: SessionMeter,
+        resource: Resource,
+        *,
+        usage: str,
+        start: float,
+        meta: Meta | None = None,
+        id: str | None = None,
+        clipped_start: bool = False,
+        final_at_session_end: bool = True,
+    ) -> None:
+        self.meter = meter
+        self.resource = resource
+        self.usage = usage
+        self.id = id
+        self.start = start
+        self.meta: Meta = dict(meta or {})
+        self.clipped_start = clipped_start
+        self.clipped_end = False
+        self.final_at_session_end = final_at_session_end
+        self.ended_at: float | None = None
+        self.final: MeterRecord | None = None
+        self._lock = threading.Lock()
+        self.checkpoint()
+
+    def end(self, at: float | None = None) -> MeterRecord | None:
+        """It ended (the participant left, the stream closed): write its final record now."""
+        with self._lock:
+            if self.ended_at is None:
+                self.ended_at = self.meter.clock.monotonic() if at is None else at
+        return self.finish_record()
+
+    def checkpoint(self) -> None:
+        if self.final is None:
+            self._write(Status.CHECKPOINT)
+
+    def session_ended(self) -> None:
+        if self._ends_with_session():
+            self.checkpoint()  # the exact end, on disk before the final record (or as the last figure)
+
+    def finish(self) -> None:
+        self._ends_with_session()
+        if self.final_at_session_end or not self.clipped_end:
+            self.finish_record()
+
+    def _ends_with_session(self) -> bool:
+        """Still open when the session ended: it ends there, clipped. True when this call ended it."""
+        session_end = self.meter.ended_at
+        with self._lock:
+            if self.ended_at is not None or session_end is None:
+                return False
+            self.ended_at, self.clipped_end = max(self.start, session_end), True
+            return True
+
+    def finish_record(self) -> MeterRecord | None:
+        with self._lock:
+            if self.final is not None or self.ended_at is None:
+                return self.final
+            self.final = self._write(Status.OK)
+            return self.final
+
+    def _write(self, status: Status) -> MeterRecord | None:
+        end = self.ended_at if self.ended_at is not None else self.meter.clock.monotonic()
+        meta = dict(self.meta)
+        clipped = {(True, True): "both", (True, False): "start", (False, True): "end"}.get(
+            (self.clipped_start, self.clipped_end)
+        )
+        if clipped:
+            meta["clipped"] = clipped
+        return self.meter.interval(
+            self.resource, self.start, max(self.start, end), status, usage=self.usage, id=self.id, meta=meta
+        )
 
 
 # -- finding the meter of a job ---------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 LiveKit sets ``sip.*`` attributes on every SIP participant (docs.livekit.io, "SIP participant"):
 ``sip.ruleID`` is the dispatch rule of an inbound call and is empty for outbound calls;
-``sip.trunkPhoneNumber`` is the number the caller dialled (inbound) or calls from (outbound).
+``sip.trunkPhoneNumber`` is the number the caller dialled (inbound) or calls from (outbound);
+``sip.trunkID`` is the inbound or outbound trunk the call went through.
 
 * An inbound call to one of the project's LiveKit Phone Numbers is ``sip_inbound``, or
   ``sip_inbound_toll_free`` when that number is a US toll-free number (800, 833, 844, 855, 866,
@@ -10,8 +11,11 @@ LiveKit sets ``sip.*`` attributes on every SIP participant (docs.livekit.io, "SI
 * Every other call (a third-party trunk, inbound or outbound; LiveKit numbers are inbound only) is
   ``sip_trunk``.
 
-Which numbers are the project's LiveKit numbers is configuration: neither an agent nor a webhook
-can tell a LiveKit number from a third-party trunk's number on its own.
+Which numbers are the project's LiveKit numbers is configuration (``phone_numbers=`` /
+``LIVEKIT_METERING_PHONE_NUMBERS`` on the agent). Without it, a call that came through no inbound
+trunk (empty ``sip.trunkID``) is taken as a call to a LiveKit Phone Number: LiveKit numbers need
+no trunk, third-party numbers always come through one. The agent and the collector both classify
+with ``sip_resource``; the call's id (``records.sip_call_id``) does not depend on the class.
 """
 
 from __future__ import annotations
@@ -21,8 +25,17 @@ from collections.abc import Iterable, Mapping
 
 from .records import Resource
 
-__all__ = ["TOLL_FREE_CODES", "is_toll_free", "normalize_number", "sip_resource"]
+__all__ = [
+    "PHONE_NUMBERS_ENV",
+    "TOLL_FREE_CODES",
+    "call_direction",
+    "is_toll_free",
+    "normalize_number",
+    "parse_numbers",
+    "sip_resource",
+]
 
+PHONE_NUMBERS_ENV = "LIVEKIT_METERING_PHONE_NUMBERS"
 TOLL_FREE_CODES = ("800", "833", "844", "855", "866", "877", "888")
 
 
@@ -41,10 +54,26 @@ def is_toll_free(number: str) -> bool:
     return len(e164) == 12 and e164.startswith("+1") and e164[2:5] in TOLL_FREE_CODES
 
 
-def sip_resource(attributes: Mapping[str, str], livekit_numbers: Iterable[str]) -> Resource:
+def parse_numbers(numbers: str | Iterable[str] | None) -> frozenset[str] | None:
+    """Configured LiveKit numbers in E.164 form (a string is comma-separated); None when there are none."""
+    if numbers is None:
+        return None
+    items = numbers.split(",") if isinstance(numbers, str) else numbers
+    found = frozenset(e164 for e164 in (normalize_number(str(n)) for n in items) if e164)
+    return found or None
+
+
+def call_direction(attributes: Mapping[str, str]) -> str:
+    """``inbound`` or ``outbound``: only an inbound call has the dispatch rule that placed it."""
+    return "inbound" if attributes.get("sip.ruleID") else "outbound"
+
+
+def sip_resource(attributes: Mapping[str, str], livekit_numbers: Iterable[str] | None = None) -> Resource:
     """The resource one SIP call bills as (see the module docstring for the rule)."""
-    inbound = bool(attributes.get("sip.ruleID"))
+    inbound = call_direction(attributes) == "inbound"
     dialled = normalize_number(attributes.get("sip.trunkPhoneNumber", ""))
-    if inbound and dialled and dialled in {normalize_number(n) for n in livekit_numbers}:
+    numbers = parse_numbers(livekit_numbers)
+    on_livekit_number = dialled in numbers if numbers is not None else not attributes.get("sip.trunkID")
+    if inbound and dialled and on_livekit_number:
         return Resource.SIP_INBOUND_TOLL_FREE if is_toll_free(dialled) else Resource.SIP_INBOUND
     return Resource.SIP_TRUNK

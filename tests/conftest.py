@@ -64,3 +64,10 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("pg_database")
     asyncio.run(reset_pg(url))
     return url
+
+
+@pytest.fixture(autouse=True)
+def _cloud_deployed_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs in tests run on fake servers (``ws://fake``), which hosting detection takes for your own
+    LiveKit server; unless a test says otherwise, they are metered as agents deployed to LiveKit Cloud."""
+    monkeypatch.setenv("LIVEKIT_METERING_HOSTING", "cloud")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -36,12 +37,24 @@ async def test_demo_session_reaches_the_collector_rounded_and_priced(tmp_path: P
     (stt,) = by_resource[Resource.STT]  # one stream, open for the whole session
     assert stt.raw > 0 and stt.quantity == Decimal(-(-stt.raw // 1000))
 
+    assert session.meta["hosting"] == "cloud"
+
+    # the same call, self-hosted against LiveKit Cloud: its own connection minutes instead
+    hosted = {r.resource: r for r in result.self_hosted_records}
+    assert Resource.AGENT_SESSION not in hosted and hosted[Resource.CONNECTION].quantity == 1
+    assert hosted[Resource.CONNECTION].meta["hosting"] == "self-hosted-on-cloud"
+    assert sum(r.raw for r in result.self_hosted_records if r.resource is Resource.TTS) == replies  # the same call
+    assert result.self_hosted_session_id != result.session_id
+
     book = PriceBook.bundled()
     month = session.start.strftime("%Y-%m")
-    local = book.invoice(result.records, plan="ship", month=month).to_json()
+    both = [*result.records, *result.self_hosted_records]
+    local = book.invoice(both, plan="ship", month=month).to_json()
     assert result.invoice == local  # the collector's invoice preview is the same as one computed here
     assert result.invoice["total"] == "50.00"  # the plan fee; the usage fits in the included quotas
     assert result.session_cost == book.cost(result.records, plan="ship").total > 0
+    # a minute of agent session ($0.01) against a minute of WebRTC connection ($0.0005)
+    assert result.session_cost - result.self_hosted_cost == Decimal("0.0095")
 
 
 def test_demo_command_runs_on_a_fresh_process_and_keeps_its_records_for_the_reports(tmp_path: Path) -> None:
@@ -57,22 +70,25 @@ def test_demo_command_runs_on_a_fresh_process_and_keeps_its_records_for_the_repo
     assert done.returncode == 0, done.stderr[-3000:]
     assert "matches" in done.stdout
     assert "Invoice preview: ship plan" in done.stdout
+    assert "agent deployed to LiveKit Cloud" in done.stdout and "self-hosted on LiveKit" in done.stdout
     assert "livekit-metering report records.jsonl" in done.stdout
-    session_id = done.stdout.split("records for session ", 1)[1].split()[0]
 
-    def run(*args: str) -> dict[str, object]:
+    def run(*args: str) -> dict[str, Any]:
         command = [*cli, *args, "--format", "json"]
         out = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
-        data: dict[str, object] = json.loads(out.stdout)
+        data: dict[str, Any] = json.loads(out.stdout)
         return data
 
-    report = run("report", "records.jsonl")
-    (session,) = report["sessions"]  # type: ignore[misc]
-    assert session["session_id"] == session_id and session["customer"] == "acme-bikes"  # type: ignore[index]
-    assert session["billed_minutes"] == "1" and Decimal(session["cost"]) > Decimal("0.01")  # type: ignore[index]
+    # Both calls, with the costs the demo's own preview printed (Cloud-deployed, then self-hosted).
+    sessions = run("report", "records.jsonl")["sessions"]
+    assert [s["customer"] for s in sessions] == ["acme-bikes", "acme-bikes"]
+    assert [s["billed_minutes"] for s in sessions] == ["1", "1"]  # agent minutes, then its own connection
+    total_row = next(line for line in done.stdout.splitlines() if line.startswith("│ Total"))
+    shown = [cell.strip() for cell in total_row.split("│")[3:5]]
+    assert [f"${Decimal(s['cost']).quantize(Decimal('0.0001'))}" for s in sessions] == shown
     invoice = run("invoice", "records.jsonl", "--plan", "ship")
-    assert invoice["total"] == "50.00"  # the plan fee: the session fits in the included quotas
+    assert invoice["total"] == "50.00"  # the plan fee: both calls fit in the included quotas
 
 
 def test_demo_refuses_an_unknown_plan() -> None:

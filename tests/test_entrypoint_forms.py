@@ -87,6 +87,8 @@ def test_registers_under_rtc_session_and_worker_options() -> None:
         ({"prices": "nosuch.toml"}, r"metered\(prices='nosuch.toml'\): no price file at nosuch.toml"),
         ({"preview": "maybe"}, r"metered\(preview='maybe'\): must be true or false"),
         ({"file": "."}, r"metered\(file='.'\): is a directory"),
+        ({"phone_numbers": "+14155550100"}, r"metered\(phone_numbers='\+14155550100'\): takes a list of numbers"),
+        ({"phone_numbers": ["call me"]}, r"metered\(phone_numbers=...\): holds no phone number"),
     ],
 )
 def test_bad_options_fail_at_decoration_with_one_line_that_says_what_to_fix(options: dict, message: str) -> None:
@@ -104,6 +106,8 @@ def test_bad_options_fail_at_decoration_with_one_line_that_says_what_to_fix(opti
         ("LIVEKIT_METERING_PREVIEW", "maybe", "must be true or false"),
         ("LIVEKIT_METERING_CHECKPOINT_INTERVAL", "soon", "must be a positive number of seconds"),
         ("LIVEKIT_METERING_POLICY", "per-minute-ish", "unknown rate policy"),
+        ("LIVEKIT_METERING_HOSTING", "on-prem", "must be one of 'cloud', 'self-hosted-on-cloud', 'self-hosted'"),
+        ("LIVEKIT_METERING_PHONE_NUMBERS", "none at all", "holds no phone number"),
     ],
 )
 def test_a_bad_environment_variable_fails_at_decoration_and_names_it(

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ async def test_every_environment_option_reaches_the_job(
     text = line.getMessage()
     assert "cost=$0.177 " in text and "plan=scale" in text and "unpriced" not in text, text
     summary: dict[str, Any] = line.livekit_metering  # type: ignore[attr-defined]
-    assert summary["cost"] == "0.177" and summary["unpriced"] == [] and summary["plan"] == "scale"
+    assert Decimal(summary["cost"]) == Decimal("0.177") and summary["unpriced"] == [] and summary["plan"] == "scale"
 
     printed = capsys.readouterr().err  # ..._PREVIEW: the running cost and the closing table
     assert "session so far" in printed and "$0.1770" in printed
@@ -118,7 +119,7 @@ async def test_a_session_cost_with_unpriced_usage_shows_the_priced_part_and_name
     text = line.getMessage()
     assert "cost=$0.12 unpriced=acme/unknown " in text, text
     summary: dict[str, Any] = line.livekit_metering  # type: ignore[attr-defined]
-    assert (summary["cost"], summary["unpriced"]) == ("0.12", ["acme/unknown"])
+    assert (Decimal(summary["cost"]), summary["unpriced"]) == (Decimal("0.12"), ["acme/unknown"])
 
 
 class BrokenExporter:

@@ -53,6 +53,8 @@ def test_connect_writes_an_open_checkpoint_and_the_first_end_wins() -> None:
     assert final.meta == {
         "job_id": "AJ_1",
         "worker_id": "W1",
+        "hosting": "cloud",
+        "session_time": True,
         "end_cause": "room_ended",
         "disconnect_reason": "ROOM_DELETED",
         "shutdown_reason": "room disconnected",

@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from .cost import CostReport
     from .invoice import Invoice
 
-__all__ = ["BUNDLED_FILES", "ModelKey", "PriceBook", "base_quantity", "model_key"]
+__all__ = [
+    "BUNDLED_FILES",
+    "NOT_BILLED_LABEL",
+    "ModelKey",
+    "PriceBook",
+    "base_quantity",
+    "billed_by_livekit",
+    "model_key",
+]
 
 BUNDLED_FILES = ("plans.toml", "inference.toml", "direct.toml")
 
@@ -44,6 +52,23 @@ def model_key(record: MeterRecord) -> ModelKey:
     if provider != "livekit" and model and "/" not in model:
         model = f"{provider}/{model}"
     return provider, model, language
+
+
+NOT_BILLED_LABEL = "not billed by LiveKit"
+
+
+def billed_by_livekit(record: MeterRecord) -> bool:
+    """Whether the usage is on a LiveKit invoice: its provider is LiveKit (empty or ``livekit``).
+
+    Inference through a provider's own plugin is billed by that provider; platform usage on your own
+    LiveKit server carries ``provider="self-hosted"`` and is billed by no one.
+    """
+    return record.provider.strip().lower() in ("", "livekit")
+
+
+def not_billed(record: MeterRecord) -> bool:
+    """Platform usage of your own LiveKit server: it costs $0, billed by no one (never "unpriced")."""
+    return record.resource not in INFERENCE_RESOURCES and not billed_by_livekit(record)
 
 
 def base_quantity(record: MeterRecord) -> Decimal:
@@ -144,6 +169,8 @@ class PriceBook:
     def row_of(self, record: MeterRecord, plan: str = "ship") -> PriceRow | None:
         """The row that prices ``record`` on ``plan``, or None when it is unpriced."""
         at = record.start.date()
+        if not_billed(record):
+            return None  # your own server's usage: no LiveKit price applies
         if record.resource in INFERENCE_RESOURCES:
             provider, model, language = model_key(record)
             if not model:
@@ -155,16 +182,20 @@ class PriceBook:
         """The list cost of one record on ``plan`` before quotas and credits, or None when unpriced.
 
         Platform resources cost their overage unit price (on a hard-capped plan such as Build, $0:
-        usage past the cap is refused, not billed). Not rounded: round sums, not records.
+        usage past the cap is refused, not billed), and $0 on your own LiveKit server (not billed by
+        LiveKit). Not rounded: round sums, not records.
         """
         return self.price_with(record, self.row_of(record, plan), plan)
 
     def price_with(self, record: MeterRecord, row: PriceRow | None, plan: str) -> Decimal | None:
         """``price_of`` when the row is already looked up (``row_of(record, plan)``)."""
+        if row is None and not_billed(record):
+            return Decimal(0)
         return self.amount_with(row, base_quantity(record), plan)
 
     def amount_with(self, row: PriceRow | None, base: Decimal, plan: str) -> Decimal | None:
-        """The list cost of ``base`` billable base units priced by ``row`` on ``plan``, or None when unpriced."""
+        """The list cost of ``base`` billable base units priced by ``row`` on ``plan``, or None when unpriced
+        (usage that no LiveKit invoice carries, ``not_billed``, is the caller's to tell)."""
         if row is None:
             return None
         if row.price is None:

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ..records import MeterRecord, Resource, latest_forms
+from .book import NOT_BILLED_LABEL, billed_by_livekit
 from .rows import INFERENCE_RESOURCES, PriceRow
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def usage_label(record: MeterRecord, row: PriceRow | None) -> str:
     if row is not None:
         return row.label
     if record.resource not in INFERENCE_RESOURCES:
-        return record.resource.value
+        return record.resource.value + ("" if billed_by_livekit(record) else f" ({NOT_BILLED_LABEL})")
     from .book import model_key
 
     provider, model, language = model_key(record)
@@ -44,6 +45,7 @@ class CostLine:
     per: str
     cost: Decimal | None
     records: int = 0
+    billed_by_livekit: bool = True  # False: your own LiveKit server's usage, $0 here
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class CostLine:
             "per": self.per,
             "cost": None if self.cost is None else format(self.cost, "f"),
             "records": self.records,
+            "billed_by_livekit": self.billed_by_livekit,
         }
 
 
@@ -111,6 +114,7 @@ def cost_report(book: PriceBook, records: Iterable[MeterRecord], plan: str = "sh
                 unit_price=None if row is None else row.price,
                 per="" if row is None else row.per,
                 cost=None if cost is None else Decimal(0),
+                billed_by_livekit=billed_by_livekit(record),
             )
         line.quantity += record.quantity
         line.records += 1

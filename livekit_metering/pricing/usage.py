@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..records import UNIT_SIZE, MeterRecord, Resource, Unit
+from .book import not_billed
 from .cost import usage_label
 from .rows import PriceRow
 
@@ -76,7 +77,7 @@ class Costing:
     def __init__(self, book: PriceBook, plan: str = "ship") -> None:
         self.book = book
         self.plan = book.plan(plan).id
-        self._rows: dict[PriceKey, tuple[PriceRow | None, str]] = {}
+        self._rows: dict[PriceKey, tuple[PriceRow | None, str, bool]] = {}
 
     def amount(self, key: PriceKey, billable: int) -> tuple[Decimal | None, str]:
         """The list cost of ``billable`` base units of ``key`` (None: unpriced) and the usage's name."""
@@ -84,10 +85,10 @@ class Costing:
         if found is None:
             record = summed_record(key, billable)
             row = self.book.row_of(record, self.plan)
-            found = self._rows[key] = (row, usage_label(record, row))
-        row, label = found
-        if not billable:
-            return Decimal(0), label  # nothing used costs nothing, priced or not
+            found = self._rows[key] = (row, usage_label(record, row), not_billed(record))
+        row, label, free = found
+        if not billable or (row is None and free):
+            return Decimal(0), label  # nothing used, or your own server's usage: $0, not unpriced
         return self.book.amount_with(row, Decimal(billable), self.plan), label
 
     def cost(self, sums: Iterable[tuple[PriceKey, int]]) -> Cost:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from livekit import rtc
@@ -19,6 +20,7 @@ from livekit.agents.ipc import proto
 from livekit.agents.job import JobAcceptArguments, JobExecutorType, JobProcess, RunningJobInfo
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models
+from livekit.rtc._proto import stats_pb2 as stats_pb
 
 JOB_ID = "AJ_test1"
 ROOM = "room-1"
@@ -46,10 +48,19 @@ class ManualClock:
 
 
 class FakeParticipant:
-    def __init__(self, identity: str, attributes: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        identity: str,
+        attributes: dict[str, str] | None = None,
+        *,
+        kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+        joined_at: datetime | None = None,
+    ) -> None:
         self.sid = f"PA_{identity}"
         self.identity = identity
         self.attributes = attributes or {}
+        self.kind = kind
+        self.joined_at = joined_at
 
 
 class FakeRoom(rtc.EventEmitter[str]):
@@ -64,6 +75,7 @@ class FakeRoom(rtc.EventEmitter[str]):
         self.connect_error: Exception | None = None
         self.on_connect: Callable[[], None] | None = None
         self.on_disconnect: Callable[[], None] | None = None
+        self.bytes_received = 0  # what the subscriber transport's counter says (get_rtc_stats)
 
     @property
     def name(self) -> str:
@@ -87,6 +99,25 @@ class FakeRoom(rtc.EventEmitter[str]):
         if self._connected:
             self._connected = False
             self.emit("disconnected", reason)
+
+    async def get_rtc_stats(self) -> rtc.RtcStats:
+        if not self._connected:
+            raise RuntimeError("the room isn't connected")
+        await asyncio.sleep(0)  # one FFI round trip in rtc.Room
+        transport = stats_pb.RtcStats(
+            transport=stats_pb.RtcStats.Transport(transport=stats_pb.TransportStats(bytes_received=self.bytes_received))
+        )
+        return rtc.RtcStats(publisher_stats=[], subscriber_stats=[transport])
+
+    def joins(self, participant: FakeParticipant) -> None:
+        """A remote participant joins (the server's participant_connected)."""
+        self.remote_participants[participant.identity] = participant
+        self.emit("participant_connected", participant)
+
+    def leaves(self, participant: FakeParticipant) -> None:
+        """A remote participant leaves (the server's participant_disconnected)."""
+        self.remote_participants.pop(participant.identity, None)
+        self.emit("participant_disconnected", participant)
 
     def server_disconnects(self, reason: int) -> None:
         """The server ends the agent's connection (room deleted, participant removed, ...)."""
@@ -115,7 +146,7 @@ class JobRun:
         return exiting[-1].reason if exiting else None
 
 
-def running_job(*, fake_job: bool = False, metadata: str = "") -> RunningJobInfo:
+def running_job(*, fake_job: bool = False, metadata: str = "", url: str = "ws://fake") -> RunningJobInfo:
     job = agent_pb.Job(
         id=JOB_ID,
         room=models.Room(sid=ROOM_SID, name=ROOM),
@@ -126,7 +157,7 @@ def running_job(*, fake_job: bool = False, metadata: str = "") -> RunningJobInfo
     return RunningJobInfo(
         accept_arguments=JobAcceptArguments(name="", identity="agent-" + JOB_ID, metadata=""),
         job=job,
-        url="ws://fake",
+        url=url,
         token="",
         worker_id=WORKER,
         fake_job=fake_job,
@@ -144,6 +175,7 @@ async def run_job(
     fake_job: bool = False,
     metadata: str = "",
     timeout: float = 20.0,
+    url: str = "ws://fake",
 ) -> JobRun:
     """Run ``entry`` as one job to its end; ``during(room, channel)`` plays the server and the worker."""
     room = None if fake_job else (room or FakeRoom())
@@ -162,7 +194,7 @@ async def run_job(
         channel: utils.aio.Chan[Any] = utils.aio.Chan()
         task = asyncio.create_task(runner.entrypoint(channel))
         start = proto.StartJobRequest()
-        start.running_job = running_job(fake_job=fake_job, metadata=metadata)
+        start.running_job = running_job(fake_job=fake_job, metadata=metadata, url=url)
         channel.send_nowait(start)
         if during is not None:
             await during(room, channel)
