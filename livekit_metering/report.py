@@ -784,7 +784,7 @@ def _table_usage(lines: Iterator[UsageLine], out: TextIO, plan: str, group_by: s
 # -- the command --------------------------------------------------------------------------------------------
 
 
-def _progress_bar() -> tuple[Progress, Callable[[], None]]:
+def progress_bar() -> tuple[Progress, Callable[[], None]]:
     """A progress bar on stderr: the callback, and a close function."""
     from rich.console import Console
     from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -843,7 +843,7 @@ def write_command(
     if target is not None and not target.parent.is_dir():
         raise ReportError(f"cannot write {output}: there is no directory {target.parent}")
     options = {"group_by": group_by, "window": window, "fmt": fmt, "book": book, "plan": plan}
-    advance, stop = _progress_bar() if progress else (None, None)
+    advance, stop = progress_bar() if progress else (None, None)
     try:
         with gc_paused():
             if target is None:

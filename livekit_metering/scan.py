@@ -35,12 +35,18 @@ __all__ = [
     "AGENT",
     "BILLABLE",
     "CUSTOMER",
+    "END_MS",
+    "FINAL",
+    "ID",
     "KEY",
+    "RAW",
     "ROOM",
     "SESSION",
     "SESSION_TIME",
+    "START_MS",
     "RecordsFile",
     "Skipped",
+    "StrKey",
     "Usage",
     "gc_paused",
     "latest",
@@ -190,12 +196,10 @@ def _lines(handle: BinaryIO) -> Iterator[bytes]:
 
 # -- what a report or an invoice keeps of a record -------------------------------------------------------
 
-
-
-# What a report or an invoice keeps of a record: a plain tuple (quick to build, pickle and free; the
-# collector of cycles need not track it), with its fields at these indices. ``KEY`` is the price key in
-# wire names (resource, unit, provider, model, language, UTC day), one shared tuple per distinct key;
-# ``BILLABLE`` the quantity in base units (exact: ms, bytes, tokens...). ``latest`` reads the first four.
+# A plain tuple (quick to build, pickle and free; the collector of cycles need not track it), with its
+# fields at these indices. ``KEY`` is the price key in wire names (resource, unit, provider, model,
+# language, UTC day), one shared tuple per distinct key; ``BILLABLE`` the quantity in base units (exact:
+# ms, bytes, tokens...). ``latest`` reads the first four.
 ID: Final = 0
 FINAL: Final = 1
 END_MS: Final = 2

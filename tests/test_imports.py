@@ -94,9 +94,7 @@ async def test_the_collector_serves_without_livekit_agents(tmp_path: Path) -> No
     env = {**os.environ, "LIVEKIT_API_KEY": TEST_KEY, "LIVEKIT_API_SECRET": TEST_SECRET}
     cmd = blocked(*NO_AGENTS, "asyncpg")
     args = ["serve", "--port", str(port), "--database", f"sqlite:///{tmp_path / 'c.db'}"]
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = await asyncio.create_subprocess_exec(*cmd, *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_healthy(url, alive=lambda: proc.returncode is None)

@@ -25,6 +25,7 @@ from livekit_metering.report import ReportError, parse_time, run_report
 
 runner = CliRunner()
 
+
 @pytest.fixture(scope="module")
 def records() -> list[MeterRecord]:
     # Recent enough for the collector to accept (it refuses usage older than 35 days).

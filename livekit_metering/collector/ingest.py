@@ -36,7 +36,6 @@ class Checked(NamedTuple):
     reason: str = ""
 
 
-
 class _Batch(BaseModel):
     records: list[MeterRecord]
 

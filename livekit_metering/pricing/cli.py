@@ -61,14 +61,14 @@ def run_invoice(
 
     The file is streamed: each line checked as the collector checks a record, the latest form of each
     usage counted once, usage summed per price key and day (memory does not grow with the file)."""
-    from ..report import _progress_bar
+    from ..report import progress_bar
     from ..scan import BILLABLE, KEY, RAW, RecordsFile, StrKey, gc_paused, latest, spill_partitions
     from .usage import summed_record
 
     _check_format(fmt)
     month = month or datetime.now(timezone.utc).strftime("%Y-%m")
     file = RecordsFile(records, strict=strict)
-    advance, stop = _progress_bar() if progress else (None, None)
+    advance, stop = progress_bar() if progress else (None, None)
     try:
         book = _book(prices)
         book.plan(plan)
