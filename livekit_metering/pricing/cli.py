@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..records import InvalidRecord
-from ..scan import Skipped
 from .book import PriceBook
 from .errors import InvalidMonth, InvalidPriceBook, UnknownPlan
 from .invoice import month_bounds
 from .render import KINDS, invoice_table, prices_json, prices_table, to_json_text
+
+if TYPE_CHECKING:
+    from ..scan import Skipped  # `prices` need not load the records reader
 
 __all__ = ["run_invoice", "run_prices"]
 
