@@ -50,6 +50,7 @@ from .scan import (
     latest,
     merged,
     partitioned,
+    progress_bar,
     spill_partitions,
 )
 from .table import SECTION, Column, render_table
@@ -782,25 +783,6 @@ def _table_usage(lines: Iterator[UsageLine], out: TextIO, plan: str, group_by: s
 
 
 # -- the command --------------------------------------------------------------------------------------------
-
-
-def progress_bar() -> tuple[Progress, Callable[[], None]]:
-    """A progress bar on stderr: the callback, and a close function."""
-    from rich.console import Console
-    from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bar
-
-    bar = Bar(
-        TextColumn("reading"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
-    )  # fmt: skip
-    task = bar.add_task("read", total=None)
-    bar.start()
-
-    def advance(done: int, total: int | None) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return advance, bar.stop
 
 
 def write_command(

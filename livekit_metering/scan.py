@@ -52,6 +52,7 @@ __all__ = [
     "latest",
     "merged",
     "partitioned",
+    "progress_bar",
     "spill_partitions",
     "usages",
 ]
@@ -280,6 +281,25 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def progress_bar() -> tuple[Callable[[int, int | None], None], Callable[[], None]]:
+    """A progress bar on stderr for reading a file: the callback (done, total), and a close function."""
+    from rich.console import Console
+    from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    bar = Bar(
+        TextColumn("reading"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    task = bar.add_task("read", total=None)
+    bar.start()
+
+    def advance(done: int, total: int | None) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return advance, bar.stop
 
 
 # -- latest forms and grouping, in bounded memory ---------------------------------------------------------

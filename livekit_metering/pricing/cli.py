@@ -64,8 +64,7 @@ def run_invoice(
 
     The file is streamed: each line checked as the collector checks a record, the latest form of each
     usage counted once, usage summed per price key and day (memory does not grow with the file)."""
-    from ..report import progress_bar
-    from ..scan import BILLABLE, KEY, RAW, RecordsFile, StrKey, gc_paused, latest, spill_partitions
+    from ..scan import BILLABLE, KEY, RAW, RecordsFile, StrKey, gc_paused, latest, progress_bar, spill_partitions
     from .usage import summed_record
 
     _check_format(fmt)
