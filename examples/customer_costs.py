@@ -8,7 +8,9 @@ with your margin on top:
     python examples/customer_costs.py --url https://metering.example.com --month 2026-11 --margin 30
     python examples/customer_costs.py records.jsonl --month 2026-11 --csv > chargeback.csv
 
-The same split is available without code: ``livekit-metering report --group-by customer``.
+The costs are those of ``livekit-metering report --group-by customer`` (and of the dashboard's
+"by customer"), summed per customer: the same figures, whichever view you read them in. A
+customer with usage the price book cannot price is billed its priced part and flagged.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import csv
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from livekit_metering.pricing import PriceBook
-from livekit_metering.report import ReportError, build_report, open_source, parse_time
+from livekit_metering.pricing import Costing, InvalidMonth, PriceBook, UnknownPlan, month_bounds
+from livekit_metering.report import ReportError, Window, open_source
 
 CENT = Decimal("0.01")
 
@@ -31,14 +33,18 @@ class Customer:
     sessions: int = 0
     minutes: Decimal = Decimal(0)
     cost: Decimal = Decimal(0)
-    unpriced: bool = False
-    rooms: set[str] = field(default_factory=set)
+    unpriced: set[str] = field(default_factory=set)
 
 
-def month_window(month: str) -> tuple[str, str]:
-    year, mon = (int(part) for part in month.split("-"))
-    after = f"{year + mon // 12:04d}-{mon % 12 + 1:02d}-01"
-    return f"{month}-01", after
+def percent(text: str) -> Decimal:
+    """``--margin``: a percentage such as 25 or 12.5."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a percentage such as 25") from None
+    if not value.is_finite() or value < -100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage of at least -100")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,27 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", help="a collector's store URL (sqlite:///... or postgresql://...)")
     parser.add_argument("--month", required=True, help="the month to bill, e.g. 2026-11")
     parser.add_argument("--plan", default="ship", help="the LiveKit plan whose list prices apply")
-    parser.add_argument("--margin", type=Decimal, default=Decimal(25), help="percent added to cost (default 25)")
+    parser.add_argument("--margin", type=percent, default=Decimal(25), help="percent added to cost (default 25)")
     parser.add_argument("--csv", action="store_true", help="CSV instead of a table")
     args = parser.parse_args(argv)
 
     try:
-        first, after = month_window(args.month)
+        costing = Costing(PriceBook.bundled(), args.plan)
+        window = Window(*month_bounds(args.month))
         source = open_source(args.records, url=args.url, database=args.database)
-        records = list(source.records(parse_time(first), parse_time(after)))
-        report = build_report(records, PriceBook.bundled(), plan=args.plan)  # one row per session
-    except (ReportError, ValueError) as exc:
+        usage = list(source.usage("customer", window, costing, None))  # cost: as the report and dashboard
+        sessions = list(source.sessions(window, costing, None))  # sessions and agent minutes
+    except (ReportError, UnknownPlan, InvalidMonth) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     customers: dict[str, Customer] = defaultdict(Customer)
-    for session in report.sessions:
+    for line in usage:
+        who = customers[line.key or "(unattributed)"]
+        who.cost += line.cost
+        who.unpriced.update(line.unpriced)
+    for session in sessions:
         who = customers[session.customer or "(unattributed)"]
         who.sessions += 1
         who.minutes += session.billed_minutes
-        who.cost += session.cost
-        who.unpriced |= session.unpriced
-        who.rooms.add(session.room)
 
     factor = 1 + args.margin / 100
     rows = sorted(customers.items(), key=lambda item: item[1].cost, reverse=True)
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             format(c.minutes.normalize(), "f"),
             format(c.cost.quantize(Decimal("0.0001")), "f"),
             format((c.cost * factor).quantize(CENT, ROUND_HALF_UP), "f"),
-            "includes unpriced usage" if c.unpriced else "",
+            f"plus unpriced usage: {', '.join(sorted(c.unpriced))}" if c.unpriced else "",
         ]
         for name, c in rows
     ]
@@ -103,15 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     out.add_section()
     out.add_row(
         "total",
-        str(len(report.sessions)),
+        str(len(sessions)),
         "",
         format(total.quantize(Decimal("0.0001")), "f"),
         format((total * factor).quantize(CENT, ROUND_HALF_UP), "f"),
         "",
     )
     Console().print(out)
-    if report.unpriced:
-        print(f"Unpriced models (add them with a price book): {', '.join(report.unpriced)}", file=sys.stderr)
     return 0
 
 

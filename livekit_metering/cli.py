@@ -5,17 +5,37 @@ Each command only parses options and calls the library; the work lives in the mo
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Annotated, Optional
 
-import typer
+# The reading commands validate records with pydantic but use no pydantic plugin, and looking plugins
+# up reads the metadata of every installed package (tens of milliseconds at each start). `serve` and
+# `demo` keep them.
+if sys.argv[1:2] and sys.argv[1] in ("prices", "invoice", "invoices", "report", "outbox"):
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+import typer  # after the lines above: typer imports pydantic
 
 app = typer.Typer(
     name="livekit-metering",
     help="Meter, price and report LiveKit Agents usage.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+
+STRICT_HELP = "Fail at the first bad line instead of skipping it (without it, skipped lines are named and exit is 3)."
+SKIPPED_EXIT = 3  # the output is complete for every good line; some lines were bad and left out
+
+
+def _skipped(skipped: object) -> None:
+    """A report or invoice that left bad lines out says so on stderr and exits 3."""
+    if skipped:
+        typer.echo(f"warning: {skipped}; they are not counted (--strict fails instead)", err=True)
+        raise typer.Exit(SKIPPED_EXIT)
 
 
 @app.command()
@@ -43,14 +63,13 @@ def report(
     plan: Annotated[str, typer.Option(help="The plan whose list prices apply: build, ship or scale.")] = "ship",
     prices: Annotated[Optional[str], typer.Option(help="A price book TOML overriding the bundled prices.")] = None,  # noqa: UP045
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file.")] = None,  # noqa: UP045
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Sessions and costs from a collector, a store or a records file, grouped and priced."""
-    import sys
-
-    from .report import ReportError, run_report
+    from .report import ReportError, write_command
 
     try:
-        text = run_report(
+        summary = write_command(
             path=records,
             url=url,
             database=database,
@@ -63,14 +82,14 @@ def report(
             prices=prices,
             output=output,
             progress=sys.stderr.isatty(),
+            strict=strict,
         )
-    except (ReportError, ValueError, KeyError) as exc:
+    except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if output:
         typer.echo(f"wrote {output}", err=True)
-    else:
-        typer.echo(text, nl=False)
+    _skipped(summary.skipped)
 
 
 @app.command()
@@ -101,11 +120,16 @@ def invoice(
         typer.Option("--prices", help="A price TOML adding to or overriding the bundled prices."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Preview a month's LiveKit Cloud invoice for a plan from a records file."""
     from .pricing.cli import run_invoice
 
-    typer.echo(run_invoice(records, plan=plan, month=month, prices=prices_file, fmt=fmt), nl=False)
+    text, skipped = run_invoice(
+        records, plan=plan, month=month, prices=prices_file, fmt=fmt, strict=strict, progress=sys.stderr.isatty()
+    )
+    typer.echo(text, nl=False)
+    _skipped(skipped)
 
 
 @app.command()
@@ -193,15 +217,20 @@ def serve(
 @app.command()
 def demo(
     plan: Annotated[str, typer.Option(help="build, ship or scale: the plan to price the session on.")] = "ship",
+    keep: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Also append the session's records to this JSON-lines file, for `report` and `invoice`."),
+    ] = None,
 ) -> None:
     """Run a real agent session offline, metered end to end into an embedded collector, and show its cost."""
     import asyncio
+    from pathlib import Path
 
     from .demo import DemoError, run_demo
     from .pricing import UnknownPlan
 
     try:
-        asyncio.run(run_demo(plan=plan))
+        asyncio.run(run_demo(plan=plan, keep=Path(keep) if keep else None))
     except (DemoError, UnknownPlan) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -219,20 +248,32 @@ def outbox(
         typer.Option(envvar="LIVEKIT_METERING_URL", help="Collector URL, for --flush."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds --flush may take.")] = 30.0,
+    retry_dead: Annotated[
+        bool, typer.Option("--retry-dead", help="Put the dead letters back to be sent again (after fixing the cause).")
+    ] = False,
+    clear_dead: Annotated[
+        bool, typer.Option("--clear-dead", help="Delete the dead letters: their records are given up.")
+    ] = False,
 ) -> None:
-    """Show an outbox's health (pending, oldest, dropped, dead letters); optionally flush it."""
-    import os
-
+    """Show an outbox's health (pending, oldest, sent, dropped, dead letters); flush it, retry or clear its dead
+    letters. Exit 1 when a flush leaves records pending."""
     from .export.status import OutboxMissing, outbox_status
 
     try:
-        text = outbox_status(
-            path or os.environ.get("LIVEKIT_METERING_OUTBOX"), url=url, flush_timeout=timeout if flush else None
+        report = outbox_status(
+            path or os.environ.get("LIVEKIT_METERING_OUTBOX"),
+            url=url,
+            flush_timeout=timeout if flush else None,
+            retry_dead=retry_dead,
+            clear_dead=clear_dead,
         )
     except (OutboxMissing, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(text, nl=False)
+    typer.echo(report.text, nl=False)
+    if report.failed:
+        typer.echo(f"error: {report.failed}", err=True)
+        raise typer.Exit(1)
 
 
 invoices_app = typer.Typer(

@@ -191,8 +191,13 @@ async def run_demo(
     plan: str = "ship",
     workdir: Path | None = None,
     script: Sequence[tuple[str, str]] = SCRIPT,
+    keep: Path | None = None,
 ) -> DemoResult:
-    """Run the demo session; print the conversation, the running cost, the cost preview and the invoice."""
+    """Run the demo session; print the conversation, the running cost, the cost preview and the invoice.
+
+    With ``keep``, every record is also appended to that JSON-lines file, as an agent with
+    LIVEKIT_METERING_FILE writes it, for the ``report`` and ``invoice`` commands to read.
+    """
     from rich.console import Console
 
     from .pricing import PriceBook, UnknownPlan
@@ -209,18 +214,30 @@ async def run_demo(
     # demo's output; errors still show.
     for name in ("livekit", "livekit.agents", "livekit_metering", "livekit_metering.collector"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if keep is not None:
+        await asyncio.to_thread(_check_keep, keep)
     if workdir is not None:
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-        return await _run_in(workdir, console, plan, script)
+        return await _run_in(workdir, console, plan, script, keep)
     with tempfile.TemporaryDirectory(prefix="livekit-metering-demo-") as tmp:
-        return await _run_in(Path(tmp), console, plan, script)
+        return await _run_in(Path(tmp), console, plan, script, keep)
 
 
-async def _run_in(directory: Path, console: Console, plan: str, script: Sequence[tuple[str, str]]) -> DemoResult:
+def _check_keep(keep: Path) -> None:
+    if keep.is_dir():
+        raise DemoError(f"cannot keep the records in {keep}: it is a directory; give a file such as records.jsonl")
+    if not keep.parent.is_dir():
+        raise DemoError(f"cannot keep the records in {keep}: there is no directory {keep.parent}")
+
+
+async def _run_in(
+    directory: Path, console: Console, plan: str, script: Sequence[tuple[str, str]], keep: Path | None
+) -> DemoResult:
     from livekit.agents import AgentServer, JobExecutorType
 
     from .collector.testing import run_collector
     from .entrypoint import metered
+    from .export import Exporter, FanoutExporter, FileExporter
     from .export.outbox import Outbox
 
     key, secret = "APIdemo" + secrets.token_hex(4), secrets.token_urlsafe(32)  # ephemeral, this run only
@@ -228,7 +245,8 @@ async def _run_in(directory: Path, console: Console, plan: str, script: Sequence
     async with run_collector(database, keys={key: (secret, "default")}) as url:
         console.print(f"[dim]collector on {url} (SQLite {database}); outbox {directory / 'outbox.db'}[/]")
         outbox = Outbox(directory / "outbox.db", url=url, api_key=key, api_secret=secret, interval=0.2)
-        entry = metered(demo_entrypoint, exporter=outbox, plan=plan, customer=demo_customer, checkpoint_interval=5)
+        exporter: Exporter = outbox if keep is None else FanoutExporter(outbox, FileExporter(keep))
+        entry = metered(demo_entrypoint, exporter=exporter, plan=plan, customer=demo_customer, checkpoint_interval=5)
         server = AgentServer(job_executor_type=JobExecutorType.THREAD, num_idle_processes=0, host="127.0.0.1", port=0)
         server.rtc_session(entry, agent_name=AGENT_NAME)
         started = asyncio.Event()
@@ -252,7 +270,13 @@ async def _run_in(directory: Path, console: Console, plan: str, script: Sequence
         first = runs[0][1]
         month = first[0].start.strftime("%Y-%m") if first else datetime.now(timezone.utc).strftime("%Y-%m")
         invoice = await _get(url, key, secret, "/v1/invoice", month=month, plan=plan)
-    return _report(console, runs, invoice, plan, database)
+    result = _report(console, runs, invoice, plan, database)
+    if keep is not None:
+        console.print(
+            f"The records are also in [bold]{keep}[/]: try [bold]livekit-metering report {keep}[/] "
+            f"and [bold]livekit-metering invoice {keep} --plan {plan}[/]."
+        )
+    return result
 
 
 async def _call(server: Any, run: _Run, hosting: str) -> None:

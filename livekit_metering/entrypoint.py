@@ -29,201 +29,38 @@ import asyncio
 import json
 import logging
 import os
-import pickle
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from .costlog import log_summary, summarize
 from .export.base import Exporter
-from .hosting import HOSTING_ENV, Hosting, detect_hosting, parse_hosting
+from .export.fallback import file_instead, with_fallback
+from .hosting import Hosting
 from .meter import use_meter
 from .observability import Observability
+from .options import AttributesOption, CustomerOption, ExporterOption, InvalidOption, MeteringOptions
 from .preview import CostPreview, maybe_attach_preview
 from .rates import RatePolicy, get_policy
 from .room import DataTransfer, SipCalls
 from .session import Clock, EndCause, SessionMeter, register
-from .telephony import PHONE_NUMBERS_ENV, parse_numbers
 from .voice_isolation import VoiceIsolation
 
 if TYPE_CHECKING:
     from livekit.agents import JobContext
 
-__all__ = ["MeteredEntrypoint", "MeteringOptions", "metered"]
+__all__ = ["InvalidOption", "MeteredEntrypoint", "MeteringOptions", "metered"]
 
 logger = logging.getLogger("livekit_metering")
 
 Entrypoint = Callable[["JobContext"], Awaitable[Any]]
-CustomerOption = str | Callable[["JobContext"], "str | None"]
-AttributesOption = Callable[["JobContext"], Mapping[str, str]]
-ExporterOption = Exporter | Callable[[], Exporter]
 
-_ENV_POLICY = "LIVEKIT_METERING_POLICY"
-_ENV_PLAN = "LIVEKIT_METERING_PLAN"
-_ENV_PRICES = "LIVEKIT_METERING_PRICES"
-_ENV_INTERVAL = "LIVEKIT_METERING_CHECKPOINT_INTERVAL"
-_ENV_CUSTOMER = "LIVEKIT_METERING_CUSTOMER"
-
-DEFAULT_PLAN = "ship"
-DEFAULT_CHECKPOINT_INTERVAL = 15.0
 _EXPORTER_SHUTDOWN_TIMEOUT = 8.0  # the worker kills a closing job ~10 s after it says it is shutting down
 
 # Shutdown reasons of livekit-agents' job runner (ipc/job_proc_lazy_main.py), for the fallback
 # when the end event itself was not seen.
 _REASON_ROOM = "room disconnected"
 _REASON_CRASH = "job crashed"
-
-
-@dataclass(frozen=True)
-class MeteringOptions:
-    """The options of ``metered``. Unset ones are read from the environment in the job process."""
-
-    file: str | None = None
-    url: str | None = None
-    exporter: ExporterOption | None = None
-    policy: str | RatePolicy | None = None
-    plan: str | None = None
-    prices: str | None = None
-    checkpoint_interval: float | None = None
-    customer: CustomerOption | None = None
-    attributes: AttributesOption | None = None
-    preview: bool | None = None
-    clock: Clock | None = None  # for tests: a controllable clock
-    hosting: str | None = None
-    phone_numbers: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        # Explicit options are checked where they are written (worker start-up), with a clear error.
-        if self.hosting is not None:
-            object.__setattr__(self, "hosting", parse_hosting(self.hosting).value)
-        if self.phone_numbers is not None and not parse_numbers(self.phone_numbers):
-            raise ValueError(f"phone_numbers= holds no phone number: {self.phone_numbers!r}")
-        if self.checkpoint_interval is not None:
-            _check_interval(self.checkpoint_interval, "checkpoint_interval=")
-        if self.policy is not None:
-            get_policy(self.policy)  # raises UnknownPolicy naming the known ones
-        if self.customer is not None and not (isinstance(self.customer, str) or callable(self.customer)):
-            raise TypeError("customer= must be a job-metadata key / participant attribute name, or a callable (ctx)")
-        if self.attributes is not None and not callable(self.attributes):
-            raise TypeError("attributes= must be a callable (ctx) -> dict[str, str]")
-        if self.exporter is not None and not (_is_exporter(self.exporter) or callable(self.exporter)):
-            raise TypeError("exporter= must be an Exporter (export(batch), shutdown()) or a factory returning one")
-        if self.file is not None:
-            object.__setattr__(self, "file", os.fspath(self.file))
-        if self.prices is not None:
-            object.__setattr__(self, "prices", os.fspath(self.prices))
-
-    def check_picklable(self) -> None:
-        """The PROCESS executor pickles the entrypoint with its options: fail early and say which one."""
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if value is None:
-                continue
-            try:
-                pickle.dumps(value)
-            except Exception as exc:
-                fix = (
-                    "pass a factory instead, called in each job: a class, a module-level function, "
-                    "or functools.partial(FileExporter, path)"
-                    if field.name == "exporter"
-                    else "use a module-level function or class instead of a lambda, closure or open resource"
-                )
-                raise TypeError(
-                    f"metered({field.name}=...) cannot be pickled into the job process ({exc}); {fix}"
-                ) from None
-
-    # -- resolution in the job process ---------------------------------------------------------------
-
-    def resolved_policy(self) -> str | RatePolicy | None:
-        return self.policy or _env(_ENV_POLICY)
-
-    def resolved_plan(self) -> str:
-        return self.plan or _env(_ENV_PLAN) or DEFAULT_PLAN
-
-    def resolved_prices(self) -> str | None:
-        return self.prices or _env(_ENV_PRICES)
-
-    def resolved_interval(self) -> float:
-        if self.checkpoint_interval is not None:
-            return float(self.checkpoint_interval)
-        text = _env(_ENV_INTERVAL)
-        if text is None:
-            return DEFAULT_CHECKPOINT_INTERVAL
-        try:
-            return _check_interval(float(text), f"{_ENV_INTERVAL}=")
-        except ValueError:
-            logger.error(
-                "livekit-metering: %s=%r is not a positive number of seconds; using %s",
-                _ENV_INTERVAL,
-                text,
-                DEFAULT_CHECKPOINT_INTERVAL,
-            )
-            return DEFAULT_CHECKPOINT_INTERVAL
-
-    def resolved_customer(self) -> CustomerOption | None:
-        return self.customer or _env(_ENV_CUSTOMER)
-
-    def resolved_hosting(self, livekit_url: str) -> tuple[Hosting, str]:
-        try:
-            return detect_hosting(livekit_url, option=self.hosting)
-        except ValueError as exc:  # a bad LIVEKIT_METERING_HOSTING: detect as if it were unset
-            logger.error("livekit-metering: %s; detecting the hosting instead", exc)
-            return detect_hosting(livekit_url, environ={k: v for k, v in os.environ.items() if k != HOSTING_ENV})
-
-    def resolved_phone_numbers(self) -> frozenset[str] | None:
-        return parse_numbers(self.phone_numbers if self.phone_numbers is not None else _env(PHONE_NUMBERS_ENV))
-
-    def build_exporter(self) -> tuple[Exporter, bool]:
-        """The job's exporter, and whether the job owns it (so shuts it down at its end)."""
-        if self.exporter is None:
-            from .export.config import default_exporter
-
-            return default_exporter(url=self.url, file=self.file), True
-        if _is_exporter(self.exporter):
-            # An instance given by the user: each job process has its own unpickled copy, but under
-            # the THREAD executor the jobs share it, and its owner shuts it down.
-            return cast(Exporter, self.exporter), _job_owns_process()
-        built = self.exporter()  # type: ignore[operator]
-        if not _is_exporter(built):
-            raise TypeError(f"metered(exporter=...) factory returned {built!r}, which is not an Exporter")
-        return built, True
-
-
-def _is_exporter(value: object) -> bool:
-    # A class has export/shutdown attributes too: a class passed as exporter= is a factory.
-    return isinstance(value, Exporter) and not isinstance(value, type)
-
-
-def _numbers_option(numbers: Iterable[str] | None) -> tuple[str, ...] | None:
-    if numbers is None:
-        return None
-    if isinstance(numbers, str):
-        raise ValueError(
-            'phone_numbers= takes a list of numbers, e.g. ["+14155550100", "+18005550100"], not one string'
-        )
-    return tuple(str(n) for n in numbers)
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(name) or None
-
-
-def _check_interval(value: float, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{where} must be a positive number of seconds (default 15), got {value!r}")
-    return float(value)
-
-
-def _job_owns_process() -> bool:
-    try:
-        from livekit.agents import JobExecutorType, get_job_context
-
-        ctx = get_job_context(required=False)
-        return ctx is not None and ctx.proc.executor_type == JobExecutorType.PROCESS
-    except Exception:
-        return False
 
 
 # -- the wrapper -------------------------------------------------------------------------------------
@@ -358,6 +195,9 @@ def metered(
       detected by default (see ``livekit_metering.hosting``);
     - ``phone_numbers`` (LIVEKIT_METERING_PHONE_NUMBERS, comma-separated): the project's LiveKit
       Phone Numbers, to tell their calls from third-party trunk calls (see ``livekit_metering.telephony``).
+
+    A wrong keyword, or a wrong variable for an option left unset, raises InvalidOption here,
+    saying what to write instead.
     """
     options = MeteringOptions(
         file=os.fspath(file) if file is not None else None,
@@ -372,8 +212,9 @@ def metered(
         preview=preview,
         clock=clock,
         hosting=hosting,
-        phone_numbers=_numbers_option(phone_numbers),
+        phone_numbers=phone_numbers,  # type: ignore[arg-type]  # checked, and made a tuple, by MeteringOptions
     )
+    options.check()  # the environment too: a typo fails here, at worker start-up, not in every job
     if fn is None:
         return _Decorator(options)
     return MeteredEntrypoint(fn, options)
@@ -391,7 +232,7 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
         meter = SessionMeter.for_job(
             ctx,
             exporter=exporter,
-            policy=_policy_or_default(options),
+            policy=get_policy(options.resolved_policy()),
             checkpoint_interval=options.resolved_interval(),
             clock=options.clock,
             attribution=_Attribution(ctx, options.resolved_customer(), options.attributes),
@@ -400,7 +241,7 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
         )
         hooks = _JobHooks(ctx, meter, options, exporter=exporter, owns_exporter=owned)
         hooks.preview = maybe_attach_preview(
-            meter, option=options.preview, plan=options.resolved_plan(), prices=options.resolved_prices()
+            meter, option=options.resolved_preview(), plan=options.resolved_plan(), prices=options.resolved_prices()
         )
         hooks.install()
         register(ctx, meter)
@@ -424,25 +265,13 @@ def _job_id(ctx: JobContext) -> str:
 
 
 def _exporter_or_fallback(options: MeteringOptions) -> tuple[Exporter, bool]:
+    """The configured exporter, with the local JSON-lines file behind it: a record is never lost to a
+    destination that cannot be built, or that fails later."""
     try:
-        return options.build_exporter()
-    except Exception:
-        # Keep the records rather than lose them: the default JSON-lines file always works.
-        from .export.config import default_records_file
-        from .export.file import FileExporter
-
-        path = Path(options.file) if options.file else default_records_file()
-        logger.exception("livekit-metering could not build its exporter; writing records to %s instead", path)
-        return FileExporter(path), True
-
-
-def _policy_or_default(options: MeteringOptions) -> RatePolicy:
-    policy = options.resolved_policy()
-    try:
-        return get_policy(policy)
+        exporter, owned = options.build_exporter()
     except Exception as exc:
-        logger.error("livekit-metering: %s (from %s); using the default policy", exc, _ENV_POLICY)
-        return get_policy(None)
+        return file_instead(exc), True
+    return with_fallback(exporter), owned
 
 
 class _Attribution:

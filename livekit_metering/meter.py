@@ -60,8 +60,12 @@ class Meter:
     def exporter(self) -> Exporter:
         if self._exporter is None:
             from .export.config import default_exporter
+            from .export.fallback import file_instead, with_fallback
 
-            self._exporter = default_exporter()
+            try:
+                self._exporter = with_fallback(default_exporter())
+            except Exception as exc:  # a bad LIVEKIT_METERING_URL: keep the records in the file
+                self._exporter = file_instead(exc)
         return self._exporter
 
     @property

@@ -29,6 +29,7 @@ __all__ = [
     "RatePolicy",
     "Rule",
     "UnknownPolicy",
+    "check_record",
     "get_policy",
     "load_policies",
     "policies",
@@ -231,3 +232,16 @@ def get_policy(policy: str | RatePolicy | None = None, *, file: str | Path | Non
         return pool[pid]
     except KeyError:
         raise UnknownPolicy(f"unknown rate policy {pid!r}; known policies: {sorted(pool)}") from None
+
+
+def check_record(record: MeterRecord) -> str | None:
+    """Why a well-formed record cannot be counted, or None: its policy is unknown, or its quantity is
+    not its raw amount rounded by that policy. The one check every reader applies after the schema's
+    (the collector before storing, the ``report`` and ``invoice`` commands reading a file)."""
+    policy = _POLICIES.get(record.policy)
+    if policy is None:
+        return f"unknown rate policy {record.policy!r}; known policies: {sorted(_POLICIES)}"
+    try:
+        return policy.check(record)
+    except KeyError:
+        return f"policy {policy.id!r} has no rule for {record.resource.value}"

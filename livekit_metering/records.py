@@ -295,6 +295,14 @@ class MeterRecord(BaseModel):
         except ValidationError as exc:
             raise InvalidRecord(_describe(exc)) from None
 
+    @classmethod
+    def from_json_text(cls, text: str | bytes) -> MeterRecord:
+        """``from_json`` of a JSON text (a line of a records file), parsed and validated in one step."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise InvalidRecord(_describe(exc)) from None
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     @property

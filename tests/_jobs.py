@@ -58,7 +58,7 @@ async def killed_mid_session(ctx: JobContext) -> None:
         if len(seen) >= 2:
             break
         await asyncio.sleep(0.01)
-    exporter = meter.exporter
+    exporter = getattr(meter.exporter, "primary", meter.exporter)  # behind its fallback to the default file
     assert isinstance(exporter, FileExporter)
     # No await between reading the last checkpoint and the kill: nothing else can be written.
     killed_marker(exporter.path).write_text(json.dumps(seen[-1].to_json()))

@@ -28,6 +28,12 @@ def _service(env: str, what: str) -> str:
     return value
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default records file and outbox live under XDG_CACHE_HOME: never the user's own in a test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """URL of a PostgreSQL server for the tests."""

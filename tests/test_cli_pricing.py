@@ -109,7 +109,7 @@ def test_invoice_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     good = rec("x", "session", Resource.AGENT_SESSION, 1_000, MONTH_START).to_json()
     bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "y", "raw": -5}) + "\n")
-    code, _, err = run("invoice", str(bad), "--month", "2026-11")
+    code, _, err = run("invoice", str(bad), "--month", "2026-11", "--strict")
     assert code == 2 and f"{bad}:2" in err and "raw" in err and "Traceback" not in err
     prices = tmp_path / "bad.toml"
     prices.write_text('[[stt]]\nmodel = "a/b"\nprice = 0.5\nsource = "x"\neffective = 2026-11-01\n')

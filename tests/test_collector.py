@@ -207,8 +207,11 @@ async def test_query_api(collector: str, http: aiohttp.ClientSession) -> None:
     status, doc = await get(http, collector, "/v1/sessions")
     by_id = {s["session_id"]: s for s in doc["sessions"]}
     assert (by_id["A"]["state"], by_id["B"]["state"]) == ("closed", "open")
-    assert by_id["A"]["billed_minutes"] == "2" and Decimal(by_id["A"]["cost"]) > 0
-    assert by_id["B"]["cost"] is None  # an unpriced model makes the session's cost unknown, never $0
+    # By hand, Ship list prices: A is 61 s (2 minutes at $0.01) and 1,000 gpt-4.1-mini input tokens at $0.40/M.
+    assert by_id["A"]["billed_minutes"] == "2" and Decimal(by_id["A"]["cost"]) == Decimal("0.0204")
+    assert by_id["A"]["unpriced"] == []
+    # B: 30 s bills 1 minute ($0.01); its unknown model is named, never $0, and does not hide the priced part.
+    assert (Decimal(by_id["B"]["cost"]), by_id["B"]["unpriced"]) == (Decimal("0.01"), ["acme/unknown-model via acme"])
     _, doc = await get(http, collector, "/v1/sessions?customer=c2")
     assert [s["session_id"] for s in doc["sessions"]] == ["B"]
     _, doc = await get(http, collector, "/v1/sessions?agent=alice&limit=5")
@@ -220,11 +223,15 @@ async def test_query_api(collector: str, http: aiohttp.ClientSession) -> None:
 
     status, doc = await get(http, collector, "/v1/usage?group_by=model")
     assert status == 200 and doc["group_by"] == "model"
-    assert doc["unpriced"] == ["acme/unknown-model"]
+    assert doc["unpriced"] == ["acme/unknown-model via acme"]
     rows = {(r["key"], r["resource"]): r for r in doc["rows"]}
-    assert rows[("acme/unknown-model", "llm_input")]["cost"] is None
+    unknown = rows[("acme/unknown-model", "llm_input")]
+    assert (unknown["cost"], unknown["unpriced"]) == ("0", ["acme/unknown-model via acme"])
     assert rows[("openai/gpt-4.1-mini", "llm_input")]["quantity"] == "1000"
-    assert Decimal(doc["total"]) == sum(Decimal(r["cost"]) for r in doc["rows"] if r["cost"] is not None)
+    assert Decimal(doc["total"]) == sum(Decimal(r["cost"]) for r in doc["rows"]) == Decimal("0.0304")
+    _, doc = await get(http, collector, "/v1/usage?group_by=resource")  # one row mixes priced and unpriced models
+    mixed = next(r for r in doc["rows"] if r["key"] == "llm_input")
+    assert (Decimal(mixed["cost"]), mixed["unpriced"]) == (Decimal("0.0004"), ["acme/unknown-model via acme"])
     for group in ("day", "agent", "room", "customer", "resource"):
         status, doc = await get(http, collector, f"/v1/usage?group_by={group}")
         assert status == 200 and doc["rows"], group

@@ -8,6 +8,7 @@ README's picture).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections import defaultdict
@@ -23,6 +24,8 @@ from usage_samples import spread_sessions
 
 from livekit_metering import MeterRecord
 from livekit_metering.collector.testing import batch_body, run_collector, sign, signed_headers
+from livekit_metering.export import FileExporter
+from livekit_metering.report import run_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -84,15 +87,17 @@ async def api(url: str, path: str, **query: str) -> Any:
 
 
 def per_key(rows: list[dict[str, Any]]) -> dict[str, tuple[str, bool]]:
-    """Usage rows summed per key, as the page shows them: (exact total, whether part is unpriced)."""
+    """Usage rows summed per key, as the page shows them: (exact priced total, whether part is unpriced)."""
     costs: dict[str, list[str | None]] = defaultdict(list)
+    unpriced: dict[str, bool] = defaultdict(bool)
     for row in rows:
         costs[row["key"]].append(row["cost"])
-    return {k: (total(v), any(c is None for c in v)) for k, v in costs.items()}
+        unpriced[row["key"]] |= bool(row["unpriced"])
+    return {k: (total(v), unpriced[k]) for k, v in costs.items()}
 
 
 async def test_dashboard_shows_the_api_figures(
-    collector: tuple[str, str, list[MeterRecord]], chromium_path: str
+    collector: tuple[str, str, list[MeterRecord]], chromium_path: str, tmp_path: Path
 ) -> None:
     from playwright.async_api import async_playwright
 
@@ -164,16 +169,29 @@ async def test_dashboard_shows_the_api_figures(
                 assert await text(f"{selector} .bar").count() == len(expected)
                 for key, (cost, unpriced) in expected.items():
                     amount = await text(f'{selector} .bar[data-key="{key}"] .amount').inner_text()
-                    costs = [r["cost"] for r in usage["rows"] if r["key"] == key and r["cost"] is not None]
-                    want = usd(cost) if not unpriced else (f"{usd(cost)} + unpriced" if costs else "unpriced")
-                    assert amount == want, (selector, key)
+                    assert amount == usd(cost) + (" + unpriced" if unpriced else ""), (selector, key)
+            # The customer with a session on an unpriced model: its priced part is shown, and flagged.
+            flagged = [k for k, (cost, unpriced) in per_key(by_customer["rows"]).items() if unpriced]
+            assert len(flagged) == 1 and Decimal(per_key(by_customer["rows"])[flagged[0]][0]) > 0
+
+            # The same figures as `livekit-metering report --group-by customer` over the same records.
+            records_file = tmp_path / "records.jsonl"
+            FileExporter(records_file).export(records)
+            report = json.loads(
+                run_report(path=str(records_file), url=None, database=None, group_by="customer", since=first,
+                           until=after, fmt="json", plan="ship", prices=None, output=None, progress=False)
+            )  # fmt: skip
+            for key, (cost, unpriced) in per_key(report["rows"]).items():
+                amount = await text(f'#by-customer .bar[data-key="{key}"] .amount').inner_text()
+                assert amount == usd(cost) + (" + unpriced" if unpriced else ""), key
 
             # Sessions list: every session with its minutes and cost as the API gives them.
             rows = text("#sessions tbody tr")
             assert await rows.count() == len(sessions)
             for s in sessions:
                 row = text(f'#sessions tbody tr[data-session="{s["session_id"]}"]')
-                assert await row.locator('[data-field="cost"]').inner_text() == usd(s["cost"])
+                shown = await row.locator('[data-field="cost"]').inner_text()
+                assert shown == usd(s["cost"]) + (" + unpriced" if s["unpriced"] else "")
                 assert await row.locator('[data-field="minutes"]').inner_text() == format(
                     Decimal(s["billed_minutes"]), ","
                 )
@@ -196,7 +214,7 @@ async def test_dashboard_shows_the_api_figures(
             await page.wait_for_selector('body[data-loaded$=":ship"]', timeout=10_000)
 
             # Drill down into the costliest of the newest sessions (the top of the list).
-            priced = [s for s in sessions[:8] if s["cost"] is not None]
+            priced = [s for s in sessions[:8] if not s["unpriced"]]
             top = max(priced, key=lambda s: Decimal(s["cost"]))
             detail = (await api(url, f"/v1/sessions/{top['session_id']}/records"))["records"]
             await text(f'#sessions tbody tr[data-session="{top["session_id"]}"]').click()

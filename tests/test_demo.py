@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -55,17 +57,38 @@ async def test_demo_session_reaches_the_collector_rounded_and_priced(tmp_path: P
     assert result.session_cost - result.self_hosted_cost == Decimal("0.0095")
 
 
-def test_demo_command_runs_on_a_fresh_process() -> None:
+def test_demo_command_runs_on_a_fresh_process_and_keeps_its_records_for_the_reports(tmp_path: Path) -> None:
+    """The README's path: run the demo keeping its records, then `report` and `invoice` on them."""
+    cli = [sys.executable, "-m", "livekit_metering.cli"]
     done = subprocess.run(
-        [sys.executable, "-m", "livekit_metering.cli", "demo", "--plan", "ship"],
+        [*cli, "demo", "--plan", "ship", "--keep", "records.jsonl"],
         capture_output=True,
         text=True,
         timeout=180,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "matches" in done.stdout
     assert "Invoice preview: ship plan" in done.stdout
     assert "agent deployed to LiveKit Cloud" in done.stdout and "self-hosted on LiveKit" in done.stdout
+    assert "livekit-metering report records.jsonl" in done.stdout
+
+    def run(*args: str) -> dict[str, Any]:
+        command = [*cli, *args, "--format", "json"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        data: dict[str, Any] = json.loads(out.stdout)
+        return data
+
+    # Both calls, with the costs the demo's own preview printed (Cloud-deployed, then self-hosted).
+    sessions = run("report", "records.jsonl")["sessions"]
+    assert [s["customer"] for s in sessions] == ["acme-bikes", "acme-bikes"]
+    assert [s["billed_minutes"] for s in sessions] == ["1", "1"]  # agent minutes, then its own connection
+    total_row = next(line for line in done.stdout.splitlines() if line.startswith("│ Total"))
+    shown = [cell.strip() for cell in total_row.split("│")[3:5]]
+    assert [f"${Decimal(s['cost']).quantize(Decimal('0.0001'))}" for s in sessions] == shown
+    invoice = run("invoice", "records.jsonl", "--plan", "ship")
+    assert invoice["total"] == "50.00"  # the plan fee: both calls fit in the included quotas
 
 
 def test_demo_refuses_an_unknown_plan() -> None:

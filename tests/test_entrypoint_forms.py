@@ -11,10 +11,9 @@ import pytest
 from harness.jobproc import FakeRoom, run_job
 from livekit.agents import AgentServer, WorkerOptions
 
-from livekit_metering.entrypoint import MeteredEntrypoint, MeteringOptions, metered
+from livekit_metering.entrypoint import InvalidOption, MeteredEntrypoint, MeteringOptions, metered
 from livekit_metering.export import read_records
 from livekit_metering.export.file import FileExporter
-from livekit_metering.rates import UnknownPolicy
 from livekit_metering.records import Resource
 
 
@@ -73,19 +72,73 @@ def test_registers_under_rtc_session_and_worker_options() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "error", "message"),
+    ("options", "message"),
     [
-        ({"checkpoint_interval": 0}, ValueError, "checkpoint_interval= must be a positive number"),
-        ({"checkpoint_interval": -5.0}, ValueError, "checkpoint_interval= must be a positive number"),
-        ({"policy": "per-minute-ish"}, UnknownPolicy, "known policies"),
-        ({"customer": 42}, TypeError, "customer= must be"),
-        ({"attributes": "tier"}, TypeError, "attributes= must be"),
-        ({"exporter": "stdout"}, TypeError, "exporter= must be"),
+        ({"checkpoint_interval": 0}, r"metered\(checkpoint_interval=0\): must be a positive number of seconds"),
+        ({"checkpoint_interval": -5.0}, r"metered\(checkpoint_interval=-5.0\): must be a positive number"),
+        ({"policy": "per-minute-ish"}, r"metered\(policy='per-minute-ish'\): unknown rate policy .*known policies"),
+        ({"customer": 42}, r"metered\(customer=42\): must be a job-metadata key"),
+        ({"attributes": "tier"}, r"metered\(attributes='tier'\): must be a callable"),
+        ({"exporter": "stdout"}, r"metered\(exporter='stdout'\): must be an Exporter"),
+        ({"url": "metering.example.com"}, r"has no scheme: write https://metering.example.com$"),
+        ({"url": "ftp://metering.example.com"}, r"must start with http:// or https://"),
+        ({"url": "https://"}, r"has no host"),
+        ({"plan": "gold"}, r"metered\(plan='gold'\): unknown plan 'gold'; known plans: build, scale, ship"),
+        ({"prices": "nosuch.toml"}, r"metered\(prices='nosuch.toml'\): no price file at nosuch.toml"),
+        ({"preview": "maybe"}, r"metered\(preview='maybe'\): must be true or false"),
+        ({"file": "."}, r"metered\(file='.'\): is a directory"),
+        ({"phone_numbers": "+14155550100"}, r"metered\(phone_numbers='\+14155550100'\): takes a list of numbers"),
+        ({"phone_numbers": ["call me"]}, r"metered\(phone_numbers=...\): holds no phone number"),
     ],
 )
-def test_bad_options_fail_at_decoration_with_a_clear_error(options: dict, error: type, message: str) -> None:
-    with pytest.raises(error, match=message):
+def test_bad_options_fail_at_decoration_with_one_line_that_says_what_to_fix(options: dict, message: str) -> None:
+    with pytest.raises(InvalidOption, match=message) as caught:
         metered(_jobs.plain, **options)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("LIVEKIT_METERING_URL", "metering.example.com", "has no scheme: write https://metering.example.com"),
+        ("LIVEKIT_METERING_PLAN", "gold", "unknown plan 'gold'"),
+        ("LIVEKIT_METERING_PRICES", "nosuch.toml", "no price file at nosuch.toml"),
+        ("LIVEKIT_METERING_PREVIEW", "maybe", "must be true or false"),
+        ("LIVEKIT_METERING_CHECKPOINT_INTERVAL", "soon", "must be a positive number of seconds"),
+        ("LIVEKIT_METERING_POLICY", "per-minute-ish", "unknown rate policy"),
+        ("LIVEKIT_METERING_HOSTING", "on-prem", "must be one of 'cloud', 'self-hosted-on-cloud', 'self-hosted'"),
+        ("LIVEKIT_METERING_PHONE_NUMBERS", "none at all", "holds no phone number"),
+    ],
+)
+def test_a_bad_environment_variable_fails_at_decoration_and_names_it(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(InvalidOption, match=f"^{env}={value!r}: .*{message}"):
+        metered(_jobs.plain)
+    with pytest.raises(InvalidOption, match=env):
+        metered()(_jobs.plain)  # the @metered(...) form checks too
+    # A keyword for that option wins over the variable, so nothing is wrong.
+    keyword = {
+        "LIVEKIT_METERING_URL": {"url": "http://127.0.0.1:9"},
+        "LIVEKIT_METERING_PLAN": {"plan": "scale"},
+        "LIVEKIT_METERING_PREVIEW": {"preview": False},
+        "LIVEKIT_METERING_CHECKPOINT_INTERVAL": {"checkpoint_interval": 3},
+        "LIVEKIT_METERING_POLICY": {"policy": "minute-increments"},
+    }
+    if env in keyword:
+        metered(_jobs.plain, **keyword[env])
+
+
+def test_a_price_file_defines_the_plans_the_plan_option_may_name(tmp_path: Path) -> None:
+    prices = tmp_path / "contract.toml"
+    prices.write_text(
+        '[[plan]]\nid = "gold"\nname = "Gold"\nfee = "100"\ninference_credits = "10"\n'
+        'effective = 2026-01-01\nsource = "our contract"\n'
+    )
+    metered(_jobs.plain, plan="gold", prices=prices)  # known in that book
+    with pytest.raises(InvalidOption, match="unknown plan 'gold'"):
+        metered(_jobs.plain, plan="gold")
 
 
 def test_not_a_function() -> None:

@@ -17,7 +17,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from usage_samples import month_of_sessions
+from usage_samples import UNPRICED_MODEL, hand_cost, month_of_sessions
 
 from livekit_metering.adapters import is_metered
 from livekit_metering.entrypoint import MeteredEntrypoint
@@ -81,25 +81,34 @@ def test_customer_comes_from_dispatch_metadata_then_participant_attributes() -> 
     assert module.plan_tier(fake_ctx(json.dumps({"customer_id": "acme", "tier": "gold"}))) == {"tier": "gold"}
 
 
+def _chargeback(*args: str) -> tuple[int, str]:
+    module = load("customer_costs")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = module.main(list(args))
+    return code, out.getvalue()
+
+
 def test_chargeback_per_customer(tmp_path: Path) -> None:
     now = datetime.now(timezone.utc)
     start = datetime(now.year, now.month, 1, tzinfo=timezone.utc) - timedelta(days=40)
     month_start = datetime(start.year, start.month, 1, tzinfo=timezone.utc)
-    records = [r for r in month_of_sessions(month_start, unpriced=False) if r.start.month == month_start.month]
+    records = [r for r in month_of_sessions(month_start) if r.start.month == month_start.month]
     path = tmp_path / "records.jsonl"
     FileExporter(path).export(records)
-    module = load("customer_costs")
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = module.main([str(path), "--month", f"{month_start:%Y-%m}", "--margin", "30", "--csv"])
+    code, out = _chargeback(str(path), "--month", f"{month_start:%Y-%m}", "--margin", "30", "--csv")
     assert code == 0
-    rows = {row["customer"]: row for row in csv.DictReader(io.StringIO(out.getvalue()))}
+    rows = {row["customer"]: row for row in csv.DictReader(io.StringIO(out))}
 
-    book = PriceBook.bundled()
+    # Expected from hand-written list prices, not from the price book.
     cost: dict[str, Decimal] = defaultdict(Decimal)
     sessions: dict[str, set[str]] = defaultdict(set)
+    unpriced: dict[str, set[str]] = defaultdict(set)
     for r in records:
-        cost[r.customer] += book.price_of(r, plan="ship") or Decimal(0)
+        price = hand_cost(r)
+        cost[r.customer] += price or 0
+        if price is None:
+            unpriced[r.customer].add(r.model)
         sessions[r.customer].add(r.session_id)
     assert set(rows) == set(cost) == {"acme", "globex", "initech"}
     for customer, total in cost.items():
@@ -108,12 +117,49 @@ def test_chargeback_per_customer(tmp_path: Path) -> None:
         assert Decimal(rows[customer]["charge_usd"]) == (total * Decimal("1.3")).quantize(
             Decimal("0.01"), ROUND_HALF_UP
         )
+    (odd,) = [c for c in cost if unpriced[c]]  # the customer with a session on an unpriced model
+    assert rows[odd]["note"] == f"plus unpriced usage: {UNPRICED_MODEL}" and Decimal(rows[odd]["cost_usd"]) > 0
+
+    # The same figures as `report --group-by customer`, summed per customer.
+    from livekit_metering.report import run_report
+
+    report = json.loads(
+        run_report(path=str(path), url=None, database=None, group_by="customer", since=None, until=None,
+                   fmt="json", plan="ship", prices=None, output=None, progress=False)
+    )  # fmt: skip
+    by_customer: dict[str, Decimal] = defaultdict(Decimal)
+    for row in report["rows"]:
+        by_customer[row["key"]] += Decimal(row["cost"])
+    assert {c: v.quantize(Decimal("0.0001")) for c, v in by_customer.items()} == {
+        c: Decimal(row["cost_usd"]) for c, row in rows.items()
+    }
 
 
-def test_chargeback_names_a_bad_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    module = load("customer_costs")
-    assert module.main([str(tmp_path / "missing.jsonl"), "--month", "2026-11"]) == 2
-    assert "no records file" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{missing}", "--month", "2026-11"], "no records file"),
+        (["{file}", "--month", "2026-11", "--plan", "gold"], "unknown plan 'gold'"),
+        (["{file}", "--month", "2026-13"], "months are 01 to 12"),
+    ],
+)
+def test_chargeback_names_a_bad_input_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    path = tmp_path / "records.jsonl"
+    path.write_text("")
+    given = [a.replace("{missing}", str(tmp_path / "missing.jsonl")).replace("{file}", str(path)) for a in args]
+    assert _chargeback(*given)[0] == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_chargeback_refuses_a_margin_that_is_not_a_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        _chargeback(str(tmp_path / "r.jsonl"), "--month", "2026-11", "--margin", "abc")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--margin: 'abc' is not a number" in err and "Traceback" not in err
 
 
 @pytest.mark.postgres

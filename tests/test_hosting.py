@@ -23,6 +23,7 @@ from livekit_metering.adapters import MeteredLLM
 from livekit_metering.entrypoint import metered
 from livekit_metering.export import read_records
 from livekit_metering.hosting import CLOUD_AGENT_ENV, HOSTING_ENV, Hosting, InvalidHosting, detect_hosting
+from livekit_metering.options import InvalidOption
 from livekit_metering.preview import render_summary
 from livekit_metering.pricing import PriceBook
 from livekit_metering.records import MeterRecord, Resource, Status, participant_usage_id
@@ -62,7 +63,7 @@ def test_the_option_wins_and_a_wrong_value_says_what_to_write() -> None:
     assert detect_hosting(OWN_URL, option="cloud", environ={HOSTING_ENV: "self-hosted"}) == (Hosting.CLOUD, "option")
     with pytest.raises(InvalidHosting, match="'cloud', 'self-hosted-on-cloud', 'self-hosted'"):
         detect_hosting(OWN_URL, environ={HOSTING_ENV: "on-prem"})
-    with pytest.raises(InvalidHosting, match=r"hosting= must be one of .* got 'selfhosted'"):
+    with pytest.raises(InvalidOption, match=r"metered\(hosting='selfhosted'\): must be one of 'cloud', "):
         metered(hosting="selfhosted")
 
 

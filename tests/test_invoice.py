@@ -184,6 +184,10 @@ def test_month_is_taken_from_start_in_utc() -> None:
 def test_unknown_plan_and_bad_month_are_clear_errors() -> None:
     with pytest.raises(UnknownPlan, match=r"unknown plan 'gold'; known plans: build, scale, ship"):
         BOOK.invoice([], plan="gold", month="2026-11")
-    for bad in ("2026-13", "11/2026", "2026-1", ""):
-        with pytest.raises(InvalidMonth, match="YYYY-MM"):
+    for bad in ("11/2026", "2026-1", ""):
+        with pytest.raises(InvalidMonth, match="must be written YYYY-MM"):
+            BOOK.invoice([], plan="ship", month=bad)
+    # Well written but out of range: said so, not "the format is wrong".
+    for bad, message in (("2026-13", "months are 01 to 12"), ("2026-00", "months are 01 to 12"), ("9999-12", "year")):
+        with pytest.raises(InvalidMonth, match=message):
             BOOK.invoice([], plan="ship", month=bad)

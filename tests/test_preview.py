@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from usage_samples import LLM_MODEL, STT_MODEL, TTS_MODEL, UNPRICED_MODEL, session_records
+from usage_samples import LLM_MODEL, STT_MODEL, TTS_MODEL, UNPRICED_MODEL, hand_cost, session_records
 
 from livekit_metering import Resource, Status
 from livekit_metering.export import FileExporter
@@ -93,13 +93,13 @@ def test_running_cost_follows_every_record_of_a_real_meter(tmp_path: Path, book:
     meter.record(Resource.TTS, 1_200, usage="tts-1", start=T0, end=T0, model=TTS_MODEL)
     meter.record(Resource.AGENT_SESSION, 95_500, usage="session", start=T0, end=T0 + timedelta(seconds=96))
 
-    expected = sum((p for r in meter.records if (p := book.price_of(r, plan="ship")) is not None), Decimal(0))
-    assert expected > 0
-    assert preview.total == expected
-    assert book.cost(meter.records, plan="ship").total == expected
+    # By hand, Ship list prices: 95.5 s bills 2 minutes ($0.02) and 96 STT seconds at $0.00008 ($0.00768);
+    # 4,000 input and 250 output tokens at $0.40 and $1.60 per million ($0.0016, $0.0004); 1,200 TTS
+    # characters at $50 per million ($0.06).
+    assert preview.total == Decimal("0.08968")
     session = next(r for r in meter.records if r.resource is Resource.AGENT_SESSION)
     assert session.is_final and session.quantity == 2
-    assert after_checkpoint == book.price_of(session, plan="ship") / 2  # one minute then, two minutes now
+    assert after_checkpoint == Decimal("0.01")  # the 30 s checkpoint: one minute then, two minutes now
     lines = text_of(out).splitlines()
     assert len(lines) == 6  # one line per record, as it happens
     assert "(running)" in lines[0]
@@ -146,8 +146,25 @@ def test_render_summary_shows_each_resource_and_the_total(book: PriceBook) -> No
     for label in ("Agent session", "STT", "LLM input", "LLM cached input", "LLM output", "TTS", "Total"):
         assert label in text
     assert "2 minutes" in text and "61.0 s" in text and "63 seconds" in text
-    total = book.cost(records, plan="ship").total
+    total = sum(c for r in records if (c := hand_cost(r)) is not None)  # hand-written prices, not the book
+    # By hand: 2 min x $0.01 + 63 s x $0.00008 + 10,911 input x $0.40/M + 4,800 cached x $0.10/M
+    # + 753 output x $1.60/M + 2,113 characters x $50/M = 0.02 + 0.00504 + 0.0043644 + 0.00048 + 0.0012048 + 0.10565
+    assert total == Decimal("0.1367392")
     assert f"${total.quantize(Decimal('0.0001')):,}" in text
+
+
+def test_a_resent_identical_final_record_counts_once(book: PriceBook) -> None:
+    from livekit_metering.costlog import summarize
+
+    records = session_records("AJ_twice", T0, 61, room="r", agent="a", customer="c")
+    once = {(line.resource, line.quantity, line.cost) for line in summary_lines(records, book, "ship")}
+    twice = {(line.resource, line.quantity, line.cost) for line in summary_lines(records + records, book, "ship")}
+    assert once == twice
+    out = console()
+    out.print(render_summary(records + records, book, "ship"))
+    assert "$0.1367" in text_of(out) and "$0.2735" not in text_of(out)  # $0.1367392 by hand above, not twice it
+    summary = summarize(records + records, session_id="AJ_twice")
+    assert (summary.billed_minutes, summary.tts_characters, summary.cost) == (2, 350 * 6 + 13, Decimal("0.1367392"))
 
 
 def test_unpriced_models_are_marked_never_zero(book: PriceBook) -> None:

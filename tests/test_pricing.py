@@ -227,6 +227,7 @@ def test_costing_counts_final_forms_and_open_checkpoints_once() -> None:
     assert BOOK.cost([checkpoint, final, later_checkpoint], "ship").total == Decimal("0.03")  # final 3 min only
     assert BOOK.cost([checkpoint, later_checkpoint], "ship").total == Decimal("0.02")  # latest checkpoint
     assert BOOK.cost([final, open_one], "ship").total == Decimal("0.04")
+    assert BOOK.cost([final, final, checkpoint, final], "ship").total == Decimal("0.03")  # a resend counts once
 
 
 def test_build_platform_usage_costs_nothing_but_inference_has_list_price() -> None:

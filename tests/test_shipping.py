@@ -280,8 +280,10 @@ def test_default_exporter_ships_when_a_url_is_configured(tmp_path: Path, monkeyp
 
 
 def test_a_bad_collector_url_is_refused_with_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="must start with http"):
+    with pytest.raises(ValueError, match="has no scheme: write https://collector:8080"):
         Outbox(tmp_path / "o.sqlite3", url="collector:8080")
+    with pytest.raises(ValueError, match="must start with http:// or https://"):
+        Outbox(tmp_path / "o.sqlite3", url="ftp://collector:8080")
 
 
 async def test_ashutdown_fits_a_livekit_shutdown_callback_and_does_not_block_the_loop(
@@ -326,11 +328,93 @@ def test_the_outbox_command_shows_health_and_flushes(
     assert shown.exit_code == 0 and "pending=12" in shown.output
     flushed = runner.invoke(app, ["outbox", "--path", str(path), "--flush", "--url", collector.url, "--timeout", "10"])
     assert flushed.exit_code == 0, flushed.output
-    assert "the outbox is empty" in flushed.output and "pending=0" in flushed.output
+    assert "sent 12, the outbox is empty" in flushed.output and "pending=0" in flushed.output
+    assert "sent=12" in flushed.output  # what this flush delivered, not the fresh store's 0
     assert len(collector.call(lambda: collector.store)) == 12
     missing = runner.invoke(app, ["outbox", "--path", str(tmp_path / "nope.sqlite3")])
     assert missing.exit_code == 2 and "no outbox at" in missing.output
     assert not (tmp_path / "nope.sqlite3").exists()
+
+
+def test_an_outbox_flush_that_fails_exits_non_zero_and_says_why(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from livekit_metering.cli import app
+
+    path = tmp_path / "o.sqlite3"
+    writer = Outbox(path)
+    writer.export(records(5))
+    writer.close()
+    dead_port = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = CliRunner().invoke(app, ["outbox", "--path", str(path), "--flush", "--url", dead_port, "--timeout", "1"])
+    assert result.exit_code == 1
+    assert "flush: sent 0, 5 still pending" in result.stdout
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: the flush did not empty the outbox within 1s: 5 pending (last error:")
+
+
+def test_the_outbox_command_refuses_a_file_that_is_not_an_outbox(tmp_path: Path) -> None:
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from livekit_metering.cli import app
+
+    jsonl = tmp_path / "records.jsonl"
+    FileExporter(jsonl).export(records(2))
+    collector_db = tmp_path / "metering.db"
+    sqlite3.connect(collector_db).execute("CREATE TABLE records (id TEXT)").connection.commit()
+    for file in (jsonl, collector_db, tmp_path):
+        before = file.read_bytes() if file.is_file() else None
+        result = CliRunner().invoke(app, ["outbox", "--path", str(file)])
+        assert result.exit_code == 2, result.output
+        assert "not a livekit-metering outbox" in result.stderr or "is a directory" in result.stderr
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+        assert before is None or file.read_bytes() == before  # nothing added to it
+
+
+def test_dead_letters_can_be_retried_or_cleared_from_the_command_line(
+    tmp_path: Path, collector: StandInCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from livekit_metering.cli import app
+
+    monkeypatch.setenv("LIVEKIT_API_KEY", API_KEY)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", API_SECRET)
+    path = tmp_path / "o.sqlite3"
+    batch = records(6)
+    collector.call(lambda: collector.reject_ids.update(r.id for r in batch[:4]))
+    outbox = Outbox(path, url=collector.url)
+    outbox.export(batch)
+    assert outbox.flush(10)
+    assert outbox.health().dead_letters == 4
+    outbox.close()
+    runner = CliRunner()
+    shown = runner.invoke(app, ["outbox", "--path", str(path)])
+    assert "dead_letters=4" in shown.stdout and shown.stdout.count("dead letter ") == 4
+
+    # The cause fixed (the collector now takes them): put them back and send them.
+    collector.call(lambda: collector.reject_ids.clear())
+    args = ["outbox", "--path", str(path), "--retry-dead", "--flush", "--url", collector.url, "--timeout", "10"]
+    retried = runner.invoke(app, args)
+    assert retried.exit_code == 0, retried.output
+    assert "dead letters put back to send again: 4" in retried.stdout
+    assert "sent 4, the outbox is empty" in retried.stdout
+    assert "dead_letters=0" in retried.stdout
+    assert set(collector.call(lambda: list(collector.store))) == {r.id for r in batch}
+
+    # Refused again, then given up.
+    again = records(3, session="job-2")
+    collector.call(lambda: collector.reject_ids.update(r.id for r in again))
+    outbox = Outbox(path, url=collector.url)
+    outbox.export(again)
+    assert outbox.flush(10)
+    outbox.close()
+    cleared = runner.invoke(app, ["outbox", "--path", str(path), "--clear-dead"])
+    assert cleared.exit_code == 0 and "dead letters cleared: 3" in cleared.stdout and "dead_letters=0" in cleared.stdout
+    both = runner.invoke(app, ["outbox", "--path", str(path), "--clear-dead", "--retry-dead"])
+    assert both.exit_code == 2 and "contradict" in both.stderr
 
 
 def test_a_wrong_collector_path_keeps_records_instead_of_dead_lettering_them(

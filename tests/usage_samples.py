@@ -6,6 +6,7 @@ Built with the real rate policy, so every record is rounded exactly as a live ag
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 from livekit_metering import MeterRecord, Resource, Status, get_policy, record_id
 
@@ -13,6 +14,41 @@ STT_MODEL = "deepgram/nova-3"
 LLM_MODEL = "openai/gpt-4.1-mini"
 TTS_MODEL = "cartesia/sonic-3"
 UNPRICED_MODEL = "acme/house-llm"
+
+# List prices per billing unit, written out by hand from LiveKit's published prices (and the bundled
+# book's rows): the expected figures below never come from the code under test.
+SHIP_PRICES: dict[tuple[str, str], Decimal] = {
+    ("agent_session", ""): Decimal("0.01"),  # a minute
+    ("stt", "deepgram/nova-3"): Decimal("0.0048") / 60,  # $0.0048 a minute, billed per second
+    ("llm_input", "openai/gpt-4.1-mini"): Decimal("0.40") / 1_000_000,  # a token
+    ("llm_input_cached", "openai/gpt-4.1-mini"): Decimal("0.10") / 1_000_000,
+    ("llm_output", "openai/gpt-4.1-mini"): Decimal("1.60") / 1_000_000,
+    ("tts", "cartesia/sonic-3"): Decimal("50") / 1_000_000,  # a character
+}
+# Scale: its own STT and TTS prices; Build: platform minutes within hard caps cost nothing.
+PLAN_PRICES = {
+    "ship": SHIP_PRICES,
+    "scale": {
+        **SHIP_PRICES,
+        ("stt", "deepgram/nova-3"): Decimal("0.0042") / 60,
+        ("tts", "cartesia/sonic-3"): Decimal("37.50") / 1_000_000,
+    },
+    "build": {**SHIP_PRICES, ("agent_session", ""): Decimal(0)},
+}
+
+
+# Nova-3 was $0.0077 a minute ($0.0065 on Scale) before LiveKit's price change of 2026-09-21.
+NOVA3_BEFORE = {"ship": Decimal("0.0077") / 60, "scale": Decimal("0.0065") / 60, "build": Decimal("0.0077") / 60}
+NOVA3_CHANGE = datetime(2026, 9, 21, tzinfo=timezone.utc)
+
+
+def hand_cost(record: MeterRecord, plan: str = "ship") -> Decimal | None:
+    """A record's list cost from the hand-written prices, None for a model without one."""
+    key = (record.resource.value, record.model)
+    price = PLAN_PRICES[plan].get(key)
+    if key == ("stt", "deepgram/nova-3") and record.start < NOVA3_CHANGE:
+        price = NOVA3_BEFORE[plan]
+    return None if price is None else record.quantity * price
 
 
 def session_records(

@@ -19,7 +19,7 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, Field, ValidationError
 
-from ..rates import UnknownPolicy, get_policy, policies
+from ..rates import check_record
 from ..records import InvalidRecord, MeterRecord
 from .config import Limits
 from .store.base import Stored
@@ -42,9 +42,6 @@ class Checked(NamedTuple):
     id: str
     item: Stored | None  # None: rejected
     reason: str = ""
-
-
-_POLICIES = policies()
 
 
 def short(text: str, limit: int = MAX_REASON) -> str:
@@ -156,14 +153,7 @@ def _has_nul(record: MeterRecord) -> bool:
 def _check(record: MeterRecord, earliest: datetime, latest: datetime, limits: Limits) -> str:
     """Why the collector refuses a well-formed record: rounding not as its policy rounds, or times
     outside the accepted window. Empty when it is accepted."""
-    try:
-        policy = _POLICIES.get(record.policy) or get_policy(record.policy)
-    except UnknownPolicy as exc:
-        return str(exc)
-    try:
-        why = policy.check(record)
-    except KeyError:
-        why = f"policy {policy.id!r} has no rule for {record.resource.value}"
+    why = check_record(record)  # the same check a records file gets in `report` and `invoice`
     if why:
         return why
     if record.start < earliest:

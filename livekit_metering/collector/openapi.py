@@ -7,7 +7,13 @@ from typing import Any
 __all__ = ["openapi_spec"]
 
 _DEC = {"type": "string", "pattern": r"^\d+(\.\d+)?$", "description": "a decimal string"}
-_MONEY = {"type": ["string", "null"], "description": "USD as a decimal string; null when unpriced"}
+_PLAN = {
+    "name": "plan",
+    "in": "query",
+    "required": False,
+    "description": "the plan whose list prices apply (default ship)",
+    "schema": {"type": "string", "enum": ["build", "ship", "scale"]},
+}
 _ERROR = {
     "description": "an error; the message says what is wrong and what to do",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -174,8 +180,16 @@ def openapi_spec() -> dict[str, Any]:
                         _q("agent", "agent name"),
                         _q("customer", "customer"),
                         _q("limit", "at most this many (1-1000, default 100)", type="integer"),
+                        _PLAN,
                     ],
-                    "responses": {"200": {"description": '{"sessions": [...]}'}, "400": _ERROR, "401": _ERROR},
+                    "responses": {
+                        "200": {
+                            "description": '{"sessions": [...]}: each with "cost" (the priced part, a decimal '
+                            'string) and "unpriced" (the usage without a price, by name)'
+                        },
+                        "400": _ERROR,
+                        "401": _ERROR,
+                    },
                 }
             },
             "/v1/sessions/{session_id}/records": {
@@ -199,9 +213,14 @@ def openapi_spec() -> dict[str, Any]:
                             type="string",
                             enum=["day", "agent", "room", "model", "customer", "resource"],
                         ),
+                        _PLAN,
                     ],
                     "responses": {
-                        "200": {"description": '{"group_by", "rows", "total", "unpriced"}'},
+                        "200": {
+                            "description": '{"group_by", "rows", "total", "unpriced"}: each row per (key, resource, '
+                            'unit) with "quantity", "cost" (the priced part) and "unpriced" (names of the usage '
+                            "without a price, never counted as $0)"
+                        },
                         "400": _ERROR,
                         "401": _ERROR,
                     },

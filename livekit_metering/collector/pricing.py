@@ -9,15 +9,14 @@ per day, and each is priced as on its day, so a price change within a month appl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from ..pricing import PriceBook
+from ..pricing import PriceBook, PriceKey, summed_record
 from ..records import MeterRecord
 from .store.base import UsageRow
 
-__all__ = ["PLANS", "Pricer", "aggregate_record"]
+__all__ = ["PLANS", "Pricer", "aggregate_record", "usage_price_key"]
 
 PLANS = ("build", "ship", "scale")
 
@@ -40,19 +39,8 @@ class Pricer:
 
 def aggregate_record(row: UsageRow) -> MeterRecord:
     """A day's summed usage as one record, so sums are priced by the same code as single records."""
-    day = date.fromisoformat(row.day)
-    when = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-    return MeterRecord.model_construct(
-        id=f"sum/{row.key}/{row.day}/{row.resource.value}/{row.provider}/{row.model}/{row.language}",
-        session_id="sum",
-        resource=row.resource,
-        raw=row.raw,
-        unit=row.unit,
-        quantity=row.quantity,
-        policy="sum",
-        model=row.model,
-        provider=row.provider,
-        language=row.language,
-        start=when,
-        end=when,
-    )
+    return summed_record(usage_price_key(row), row.billable, row.raw)
+
+
+def usage_price_key(row: UsageRow) -> PriceKey:
+    return (row.resource.value, row.unit.value, row.provider, row.model, row.language, row.day)

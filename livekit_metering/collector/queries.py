@@ -11,10 +11,11 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from ..pricing import Costing, PriceKey, price_key, price_usage
 from ..records import parse_utc, rfc3339
 from .config import Limits
-from .pricing import PLANS, Pricer, aggregate_record
-from .store.base import GROUPS, SessionFilter, Store, UsageRow
+from .pricing import PLANS, Pricer, usage_price_key
+from .store.base import GROUPS, SessionFilter, Store, UsageRow, billable_of
 
 __all__ = ["BadQuery", "Queries", "parse_time"]
 
@@ -77,7 +78,7 @@ class Queries:
         self.pricer = pricer
         self.limits = limits
 
-    async def sessions(self, project: str, params: Mapping[str, str], plan: str = "ship") -> dict[str, Any]:
+    async def sessions(self, project: str, params: Mapping[str, str]) -> dict[str, Any]:
         limit = self._limit(params.get("limit"))
         flt = SessionFilter(
             since=parse_time("since", params.get("since")),
@@ -87,12 +88,14 @@ class Queries:
             customer=_name("customer", params.get("customer")),
             limit=limit,
         )
+        costing = Costing(self.pricer.book, self._plan(params))
         rows = await self.store.sessions(project, flt)
-        costs: dict[str, Decimal | None] = {row.session_id: Decimal(0) for row in rows}
+        # Each session's usage summed per price key and day, then priced: as /v1/usage prices it.
+        sums: dict[str, dict[PriceKey, int]] = {row.session_id: {} for row in rows}
         for record in await self.store.session_records(project, [row.session_id for row in rows]):
-            price = self.pricer.price_of(record, plan)
-            so_far = costs.get(record.session_id)
-            costs[record.session_id] = None if price is None or so_far is None else so_far + price
+            mine = sums[record.session_id]
+            key = price_key(record)
+            mine[key] = mine.get(key, 0) + billable_of(record)
         out = []
         for row in rows:
             out.append(
@@ -107,7 +110,7 @@ class Queries:
                     "state": ("closed" if row.closed else "open") if row.has_agent else "usage",
                     "end_cause": row.end_cause,
                     "billed_minutes": format(row.billed_minutes.normalize(), "f"),
-                    "cost": money(costs.get(row.session_id)),
+                    **costing.cost(sums[row.session_id].items()).json_fields(),
                     "records": row.records,
                 }
             )
@@ -117,10 +120,11 @@ class Queries:
         records = await self.store.session_records(project, [_name("session id", session_id) or ""])
         return {"records": [{**r.to_json(), "cost": money(self.pricer.price_of(r, plan))} for r in records]}
 
-    async def usage(self, project: str, params: Mapping[str, str], plan: str = "ship") -> dict[str, Any]:
+    async def usage(self, project: str, params: Mapping[str, str]) -> dict[str, Any]:
         group_by = params.get("group_by") or "resource"
         if group_by not in GROUPS:
             raise BadQuery(f"group_by={group_by[:20]!r} is not one of {sorted(GROUPS)}")
+        plan = self._plan(params)
         now = datetime.now(timezone.utc)
         since = parse_time("since", params.get("since")) or _month_start(now)
         until = parse_time("until", params.get("until")) or now
@@ -130,50 +134,27 @@ class Queries:
         return self.usage_json(group_by, rows, plan)
 
     def usage_json(self, group_by: str, rows: list[UsageRow], plan: str) -> dict[str, Any]:
-        # Rows are priced per (key, resource, unit, model) and shown per (key, resource, unit).
-        merged: dict[tuple[str, str, str], dict[str, Any]] = {}
-        total = Decimal(0)
-        unpriced: set[str] = set()
-        for row in rows:
-            cost = self.pricer.price_of(aggregate_record(row), plan) if row.billable else Decimal(0)
-            if cost is None:
-                unpriced.add(row.model or row.resource.value)
-            else:
-                total += cost
-            slot = merged.setdefault(
-                (row.key, row.resource.value, row.unit.value),
-                {"quantity": Decimal(0), "cost": Decimal(0)},
-            )
-            slot["quantity"] += row.quantity
-            slot["cost"] = None if cost is None or slot["cost"] is None else slot["cost"] + cost
-        return {
-            "group_by": group_by,
-            "rows": [
-                {
-                    "key": key,
-                    "resource": resource,
-                    "unit": unit,
-                    "quantity": format(slot["quantity"].normalize(), "f"),
-                    "cost": money(slot["cost"]),
-                }
-                for (key, resource, unit), slot in merged.items()
-            ],
-            "total": format(total, "f"),
-            "unpriced": sorted(unpriced),
-        }
+        """Rows summed per (key, resource, unit, model, day), priced, shown per (key, resource, unit): each
+        with its priced cost and the names of its unpriced usage."""
+        sums = ((row.key, usage_price_key(row), row.billable) for row in rows)
+        return price_usage(sums, Costing(self.pricer.book, plan), group_by).to_json()
 
     async def invoice(self, project: str, params: Mapping[str, str]) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
         month = params.get("month") or f"{now.year:04d}-{now.month:02d}"
-        plan = params.get("plan") or "ship"
+        plan = self._plan(params)
         if not re.fullmatch(r"(19[7-9]\d|[2-9]\d{3})-(0[1-9]|1[0-2])", month) or month > "9998-12":
             raise BadQuery(f"month={month[:20]!r} must look like 2026-11 (from 1970-01 to 9998-12)")
-        if plan not in PLANS:
-            raise BadQuery(f"plan={plan[:20]!r} is not one of {list(PLANS)}")
         first = date.fromisoformat(f"{month}-01")
         after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
         rows = await self.store.usage(project, first, after, "resource")
         return self.pricer.invoice(rows, plan, month)
+
+    def _plan(self, params: Mapping[str, str]) -> str:
+        plan = params.get("plan") or "ship"
+        if plan not in PLANS:
+            raise BadQuery(f"plan={plan[:20]!r} is not one of {list(PLANS)}")
+        return plan
 
     def _limit(self, value: str | None) -> int:
         if not value:

@@ -60,11 +60,29 @@ class RecordResult(NamedTuple):
     reason: str = ""
 
 
+def check_url(url: str) -> str:
+    """A collector URL as given, stripped; ValueError saying what to write when it is not http(s)://host."""
+    text = url.strip()
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        if "://" not in text:
+            raise ValueError(f"has no scheme: write https://{text or 'metering.example.com'}")
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("has no host: write it like https://metering.example.com")
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number in range)
+    except ValueError:
+        raise ValueError("has a bad port: write it like https://metering.example.com:8790") from None
+    return text
+
+
 def ingest_url(url: str) -> str:
     """Accept the collector's base URL (``http://host:8080``) or the full ingest URL."""
-    url = url.rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"collector URL {url!r} must start with http:// or https:// (LIVEKIT_METERING_URL)")
+    try:
+        url = check_url(url).rstrip("/")
+    except ValueError as exc:
+        raise ValueError(f"collector URL {url!r} (LIVEKIT_METERING_URL): {exc}") from None
     return url if url.endswith("/v1/records") else url + "/v1/records"
 
 

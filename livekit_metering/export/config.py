@@ -17,7 +17,7 @@ from .fanout import FanoutExporter
 from .file import FileExporter
 from .outbox import Outbox, default_outbox_path
 
-__all__ = ["default_exporter", "default_records_file", "shared_outbox"]
+__all__ = ["default_exporter", "default_records_file", "exporter_for", "shared_outbox"]
 
 
 def default_records_file() -> Path:
@@ -53,6 +53,17 @@ def default_exporter(
     """The exporter for the given options (see the module docstring for the resolution order)."""
     url = url or os.environ.get("LIVEKIT_METERING_URL") or None
     file = file or os.environ.get("LIVEKIT_METERING_FILE") or None
+    return exporter_for(url=url, file=file, outbox=outbox)
+
+
+def exporter_for(
+    *,
+    url: str | None,
+    file: str | os.PathLike[str] | None,
+    outbox: str | os.PathLike[str] | None = None,
+) -> Exporter:
+    """The exporter for a collector ``url`` and/or a JSON-lines ``file`` already resolved (the outbox
+    file still defaults to LIVEKIT_METERING_OUTBOX, else this host's in the cache directory)."""
     if not url:
         return FileExporter(file or default_records_file())
     shipping = shared_outbox(url, outbox or os.environ.get("LIVEKIT_METERING_OUTBOX") or None)

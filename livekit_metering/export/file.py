@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..records import InvalidRecord, MeterRecord, latest_forms
+from ..records import MeterRecord, latest_forms
 
 __all__ = ["FileExporter", "read_records"]
 
@@ -37,20 +36,19 @@ class FileExporter:
     def shutdown(self) -> None:
         pass
 
+    def __repr__(self) -> str:
+        return f"FileExporter({str(self.path)!r})"
+
 
 def read_records(path: str | os.PathLike[str], *, latest: bool = True) -> list[MeterRecord]:
-    """Read records back from a JSON-lines file.
+    """Read records back from a JSON-lines file, each checked as the collector checks it; the first
+    bad line raises InvalidRecord naming it (``path:line: reason``).
 
     With ``latest`` (the default), each id gives only its final form, or its latest checkpoint
     when the usage never closed: the file holds every checkpoint a session wrote on its way.
+    ``livekit_metering.scan.RecordsFile`` reads a file of any size, skipping bad lines instead.
     """
-    records: list[MeterRecord] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(MeterRecord.from_json(json.loads(line)))
-            except (ValueError, InvalidRecord) as exc:
-                raise InvalidRecord(f"{path}:{number}: {exc}") from None
+    from ..scan import RecordsFile
+
+    records = list(RecordsFile(path, strict=True).records())
     return latest_forms(records) if latest else records

@@ -456,6 +456,41 @@ class OutboxStore:
             rows = self._reader.execute("SELECT id, status, reason, body FROM dead_letter ORDER BY rowid").fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
+    def retry_dead_letters(self) -> tuple[int, int]:
+        """Put the kept dead letters back in the outbox, to be sent again once their cause is fixed (a
+        collector that lacked a rate policy, say). Returns (records requeued, dropped by the caps);
+        they no longer count in ``health().dead_letters``."""
+        with self._read_lock:
+            rows = self._reader.execute("SELECT rowid, body FROM dead_letter ORDER BY rowid").fetchall()
+        if not rows:
+            return 0, 0
+        dropped = self.put([MeterRecord.model_validate_json(body) for _, body in rows])
+        self._forget_dead_letters(rows[-1][0], len(rows))
+        return len(rows), dropped
+
+    def clear_dead_letters(self) -> int:
+        """Delete the kept dead letters (their records are given up) and reset the dead-letter count."""
+        with self._read_lock:
+            last, count = self._reader.execute("SELECT max(rowid), count(*) FROM dead_letter").fetchone()
+        self._forget_dead_letters(last or 0, None)
+        return int(count)
+
+    def _forget_dead_letters(self, last_rowid: int, count: int | None) -> None:
+        with self._write_lock:
+            conn = self._writer
+            _begin(conn)
+            try:
+                conn.execute("DELETE FROM dead_letter WHERE rowid <= ?", (last_rowid,))
+                if count is None:
+                    conn.execute("UPDATE stats SET dead = 0")
+                else:
+                    conn.execute("UPDATE stats SET dead = max(0, dead - ?)", (count,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         if self._closed:
             return

@@ -10,10 +10,13 @@ from .cost import CostLine, CostReport
 from .errors import InvalidMonth, InvalidPriceBook, UnknownPlan
 from .invoice import Invoice, InvoiceLine, cents, month_bounds
 from .rows import Kind, Plan, PriceRow
+from .usage import Cost, Costing, PricedUsage, PriceKey, UsageLine, price_key, price_usage, summed_record
 
 __all__ = [
+    "Cost",
     "CostLine",
     "CostReport",
+    "Costing",
     "InvalidMonth",
     "InvalidPriceBook",
     "Invoice",
@@ -21,10 +24,16 @@ __all__ = [
     "Kind",
     "Plan",
     "PriceBook",
+    "PriceKey",
     "PriceRow",
+    "PricedUsage",
     "UnknownPlan",
+    "UsageLine",
     "cents",
     "latest_forms",
     "model_key",
     "month_bounds",
+    "price_key",
+    "price_usage",
+    "summed_record",
 ]

@@ -66,6 +66,11 @@ def billed_by_livekit(record: MeterRecord) -> bool:
     return record.provider.strip().lower() in ("", "livekit")
 
 
+def not_billed(record: MeterRecord) -> bool:
+    """Platform usage of your own LiveKit server: it costs $0, billed by no one (never "unpriced")."""
+    return record.resource not in INFERENCE_RESOURCES and not billed_by_livekit(record)
+
+
 def base_quantity(record: MeterRecord) -> Decimal:
     """The record's billable quantity in base units (ms, bytes, tokens...), exact."""
     return record.quantity * UNIT_SIZE[record.unit]
@@ -164,7 +169,7 @@ class PriceBook:
     def row_of(self, record: MeterRecord, plan: str = "ship") -> PriceRow | None:
         """The row that prices ``record`` on ``plan``, or None when it is unpriced."""
         at = record.start.date()
-        if record.resource not in INFERENCE_RESOURCES and not billed_by_livekit(record):
+        if not_billed(record):
             return None  # your own server's usage: no LiveKit price applies
         if record.resource in INFERENCE_RESOURCES:
             provider, model, language = model_key(record)
@@ -184,15 +189,20 @@ class PriceBook:
 
     def price_with(self, record: MeterRecord, row: PriceRow | None, plan: str) -> Decimal | None:
         """``price_of`` when the row is already looked up (``row_of(record, plan)``)."""
+        if row is None and not_billed(record):
+            return Decimal(0)
+        return self.amount_with(row, base_quantity(record), plan)
+
+    def amount_with(self, row: PriceRow | None, base: Decimal, plan: str) -> Decimal | None:
+        """The list cost of ``base`` billable base units priced by ``row`` on ``plan``, or None when unpriced
+        (usage that no LiveKit invoice carries, ``not_billed``, is the caller's to tell)."""
         if row is None:
-            if record.resource not in INFERENCE_RESOURCES and not billed_by_livekit(record):
-                return Decimal(0)
             return None
         if row.price is None:
             if row.resource not in INFERENCE_RESOURCES and self.plan(plan).hard_caps:
                 return Decimal(0)
             return None
-        return row.amount(base_quantity(record))
+        return row.amount(base)
 
     def cost(self, records: Iterable[MeterRecord], plan: str = "ship") -> CostReport:
         """Cost of any set of records per resource, per model and in total (see ``cost.cost_report``)."""

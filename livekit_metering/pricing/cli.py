@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..records import InvalidRecord
 from .book import PriceBook
 from .errors import InvalidMonth, InvalidPriceBook, UnknownPlan
+from .invoice import month_bounds
 from .render import KINDS, invoice_table, prices_json, prices_table, to_json_text
+
+if TYPE_CHECKING:
+    from ..scan import Skipped  # `prices` need not load the records reader
 
 __all__ = ["run_invoice", "run_prices"]
 
@@ -45,23 +50,52 @@ def run_prices(
         raise _fail(str(exc)) from None
 
 
-def run_invoice(records: str, *, plan: str, month: str, prices: str | None, fmt: str) -> str:
-    from ..export.file import read_records
+def run_invoice(
+    records: str,
+    *,
+    plan: str,
+    month: str,
+    prices: str | None,
+    fmt: str,
+    strict: bool = False,
+    progress: bool = False,
+) -> tuple[str, Skipped]:
+    """The invoice text, and the lines of the records file that were skipped (none with ``strict``).
+
+    The file is streamed: each line checked as the collector checks a record, the latest form of each
+    usage counted once, usage summed per price key and day (memory does not grow with the file)."""
+    from ..scan import BILLABLE, KEY, RAW, RecordsFile, StrKey, gc_paused, latest, progress_bar, spill_partitions
+    from .usage import summed_record
 
     _check_format(fmt)
     month = month or datetime.now(timezone.utc).strftime("%Y-%m")
+    file = RecordsFile(records, strict=strict)
+    advance, stop = progress_bar() if progress else (None, None)
     try:
         book = _book(prices)
         book.plan(plan)
-        invoice = book.invoice(read_records(records), plan=plan, month=month)
+        start, end = month_bounds(month)
+        sums: dict[StrKey, list[int]] = {}
+        with gc_paused():
+            for u in latest(file.usages(start, end, advance, detail=False), partitions=spill_partitions(file.size)):
+                total = sums.setdefault(u[KEY], [0, 0])
+                total[0] += u[BILLABLE]
+                total[1] += u[RAW]
+        summed = [summed_record(key, billable, raw) for key, (billable, raw) in sorted(sums.items())]
+        invoice = book.invoice(summed, plan=plan, month=month)
     except FileNotFoundError:
         raise _fail(f"records file {records!r} not found") from None
+    except IsADirectoryError:
+        raise _fail(f"{records!r} is a directory: give the path of a JSON-lines file of meter records") from None
     except OSError as exc:
         raise _fail(f"cannot read records file {records!r}: {exc}") from None
-    except (InvalidPriceBook, UnknownPlan, InvalidMonth, InvalidRecord) as exc:
+    except InvalidRecord as exc:
+        raise _fail(f"{exc} (fix or remove that line; without --strict it is skipped and counted)") from None
+    except (InvalidPriceBook, UnknownPlan, InvalidMonth) as exc:
         raise _fail(str(exc)) from None
-    except ValueError as exc:  # e.g. a file that is not UTF-8 text
-        raise _fail(f"cannot read records file {records!r}: {exc}") from None
+    finally:
+        if stop is not None:
+            stop()
     if fmt == "json":
-        return to_json_text(invoice.to_json())
-    return invoice_table(invoice)
+        return to_json_text(invoice.to_json()), file.skipped
+    return invoice_table(invoice), file.skipped

@@ -51,9 +51,13 @@ def cents(amount: Decimal) -> Decimal:
 def month_bounds(month: str) -> tuple[datetime, datetime]:
     """[start, end) of a calendar month in UTC, from ``YYYY-MM``."""
     match = re.fullmatch(r"(\d{4})-(\d{2})", month.strip())
-    if not match or not 1 <= int(match[2]) <= 12:
+    if not match:
         raise InvalidMonth(f"month {month!r} must be written YYYY-MM, e.g. 2026-11")
     year, mon = int(match[1]), int(match[2])
+    if not 1 <= mon <= 12:
+        raise InvalidMonth(f"month {month!r} does not exist: months are 01 to 12, e.g. {match[1]}-11")
+    if not 1 <= year < 9999:
+        raise InvalidMonth(f"month {month!r} is out of range: give a year from 0001 to 9998")
     start = datetime(year, mon, 1, tzinfo=timezone.utc)
     end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=timezone.utc)
     return start, end

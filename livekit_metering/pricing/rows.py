@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal, localcontext
+from decimal import Context, Decimal
 from enum import Enum
 
 from ..records import REALTIME_RESOURCES, BaseUnit, Resource
@@ -71,9 +71,10 @@ def exact_amount(base_quantity: Decimal, price: Decimal, per: str) -> Decimal:
     unit except seconds priced per minute, where the quotient is carried to 60 significant digits
     (far below a cent, and never at a half-cent tie, so rounding to cents is exact).
     """
-    with localcontext() as ctx:
-        ctx.prec = 60
-        return base_quantity * price / PRICE_UNITS[per][1]
+    return _EXACT.divide(_EXACT.multiply(base_quantity, price), PRICE_UNITS[per][1])
+
+
+_EXACT = Context(prec=60)  # a context of its own: cheaper than entering localcontext() per amount
 
 
 @dataclass(frozen=True)

@@ -216,14 +216,15 @@ function monthRange(month) {
   return { since: iso(since), until: iso(until), days };
 }
 
-// Sum usage rows per key: {key: {total, parts: {resource: cost}}}, exact.
+// Sum usage rows per key: {key: {total, parts: {resource: cost}, unpriced}}, exact. A row's cost is the
+// priced part of its usage; its "unpriced" list names what has no price (never counted as $0).
 function byKey(rows) {
   const out = new Map();
   for (const row of rows) {
     const key = row.key ?? "";
     if (!out.has(key)) out.set(key, { costs: [], parts: new Map(), unpriced: false });
     const entry = out.get(key);
-    if (row.cost === null || row.cost === undefined) { entry.unpriced = true; continue; }
+    if (row.unpriced?.length) entry.unpriced = true;
     entry.costs.push(row.cost);
     entry.parts.set(row.resource, sumDecimals([entry.parts.get(row.resource) || "0", row.cost]));
   }
@@ -236,7 +237,7 @@ function renderDayChart(usage, days) {
   const box = $("#chart-day");
   box.replaceChildren();
   const totals = byKey(usage.rows);
-  const resources = [...new Set(usage.rows.filter((r) => r.cost !== null).map((r) => r.resource))].sort(
+  const resources = [...new Set(usage.rows.map((r) => r.resource))].sort(
     (a, b) => resourceRank(a) - resourceRank(b),
   );
   const W = 860, H = 300, left = 64, right = 12, top = 14, bottom = 30;
@@ -316,10 +317,14 @@ function renderBars(container, usage, labelOf) {
   );
 }
 
-// A group whose usage is partly or wholly unpriced says so: unknown models are never shown as $0.
+// A group whose usage is partly or wholly unpriced shows its priced part and says so: unknown models
+// are never shown as $0, and never hide what is priced.
 function amountText(entry) {
-  if (!entry.unpriced) return usd(entry.total);
-  return entry.costs.length ? `${usd(entry.total)} + unpriced` : "unpriced";
+  return entry.unpriced ? `${usd(entry.total)} + unpriced` : usd(entry.total);
+}
+
+function costText(item) {
+  return item.unpriced?.length ? `${usd(item.cost)} + unpriced` : usd(item.cost);
 }
 
 function renderSessions(sessions, onPick) {
@@ -341,7 +346,7 @@ function renderSessions(sessions, onPick) {
         el("td", {}, el("span", { class: `badge ${s.state}` }, s.state || "")),
         el("td", { class: "num", "data-field": "minutes" }, qty(s.billed_minutes)),
         el("td", { class: "num" }, String(s.records ?? "")),
-        el("td", { class: "num", "data-field": "cost" }, usd(s.cost)),
+        el("td", { class: "num", "data-field": "cost", title: (s.unpriced || []).join(", ") }, costText(s)),
       );
       row.addEventListener("click", () => onPick(s, row));
       row.addEventListener("keydown", (e) => { if (e.key === "Enter") onPick(s, row); });
@@ -403,7 +408,7 @@ async function showSession(session, row) {
       ),
     );
     body.querySelectorAll("i.dot").forEach((dot, i) => { dot.style.background = colorOf(records[i].resource); });
-    $("#detail-total").textContent = usd(session.cost);
+    $("#detail-total").textContent = costText(session);
     card.scrollIntoView({ behavior: "instant", block: "nearest" });
   } catch (err) {
     body.replaceChildren(el("tr", {}, el("td", { colSpan: 8, class: "error" }, `Could not load the records: ${err.message}`)));

@@ -404,8 +404,14 @@ def open_store(url: str) -> Store:
     """A store for a database URL: ``sqlite:///path``, a plain path, or ``postgresql://...`` (nothing
     is opened until ``open()``). Any other scheme is a ValueError, never a file named after it."""
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
+        try:
+            from .postgres import PostgresStore
+        except ModuleNotFoundError as exc:
+            if exc.name != "asyncpg":
+                raise
+            raise ModuleNotFoundError(
+                "a PostgreSQL store needs asyncpg: pip install 'livekit-metering[postgres]'", name="asyncpg"
+            ) from None
         return PostgresStore(url)
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme and scheme != "sqlite":
