@@ -202,6 +202,9 @@ def test_quotas_forecast_and_gauges_from_a_seeded_month(database: str, caplog: p
             # The customer's month to date at list prices: 5 x 300 minutes x $0.01.
             assert (await _get(http, url, "/v1/spend?customer=acme"))["cost"] == "15.00"
             assert (await _get(http, url, "/v1/spend?customer=nobody"))["cost"] == "0"
+            # Without one running session's own records (its agent adds its running total): $15 - 300 x $0.01.
+            assert (await _get(http, url, "/v1/spend?customer=acme&exclude_session=d1"))["cost"] == "12.00"
+            assert (await _get(http, url, "/v1/spend?customer=acme&exclude_session=d9"))["cost"] == "15.00"
 
             # The sweeper (every 50 ms here) logs each level once.
             await asyncio.sleep(0.5)

@@ -254,6 +254,7 @@ def openapi_spec() -> dict[str, Any]:
                     "before included quotas and credits (what a customer budget is checked against)",
                     "parameters": [
                         _q("customer", "the records' customer (default: the whole project)"),
+                        _q("exclude_session", "leave out this session's records (a running session adds its own)"),
                         _q("plan", "plan (default: the project's)", type="string", enum=["build", "ship", "scale"]),
                         jwt_param,
                     ],

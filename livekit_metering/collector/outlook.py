@@ -4,7 +4,8 @@ forecast, and a customer's month-to-date spend (which the agent's customer budge
 * ``GET /v1/quotas`` and ``GET /v1/forecast`` (``month``, ``plan``: the project's by default,
   ``days``: the run-rate window, 7 by default): ``quotas.py``, ``forecast.py``.
 * ``GET /v1/spend?customer=...``: the month's usage so far at the plan's list prices, before
-  included quotas and credits (as a customer's statement counts it).
+  included quotas and credits (as a customer's statement counts it); ``exclude_session`` leaves
+  out one session's records (the agent's customer budget adds its running session itself).
 * The sweep logs a warning when a quota crosses 80 % and again at 100 %, once per level, quota and
   month (per collector process: a restart may say it once more).
 * ``/metrics`` carries the same figures as gauges, computed at most every ``cache_for`` (10 s) for
@@ -99,10 +100,12 @@ class Outlook:
         return forecast_json(self.book, plan, await self._usage(project, month, days))
 
     async def spend(self, project: str, params: Mapping[str, str]) -> dict[str, Any]:
-        """A customer's (or, without ``customer``, the project's) month-to-date at list prices."""
-        customer = params.get("customer") or ""
-        if len(customer) > 256 or "\x00" in customer:
-            raise BadQuery("customer must be at most 256 characters, without NUL")
+        """A customer's (or, without ``customer``, the project's) month-to-date at list prices;
+        ``exclude_session``: without that session's records (the agent adds its own running total)."""
+        customer, session = params.get("customer") or "", params.get("exclude_session") or ""
+        for name, value in (("customer", customer), ("exclude_session", session)):
+            if len(value) > 256 or "\x00" in value:
+                raise BadQuery(f"{name} must be at most 256 characters, without NUL")
         now = self.clock()
         plan = params.get("plan") or self.plan_of(project)
         if plan not in PLANS:
@@ -119,6 +122,10 @@ class Outlook:
                 unpriced.add(row.model or row.resource.value)
             else:
                 cost += price
+        if session:  # the running session counts its own records: leave out what it has shipped so far
+            for record in await self.store.session_records(project, [session]):
+                if record.customer == customer and window.start <= record.start < window.end:
+                    cost -= self.book.price_of(record, plan) or Decimal(0)
         return {
             "customer": customer,
             "month": window.month,
