@@ -1,0 +1,314 @@
+"""Budgets: a cap on what one session spends, and a monthly cap per customer, checked on every record.
+
+**Session budget** (``metered(budget=...)``, ``LIVEKIT_METERING_SESSION_BUDGET``): a cap in USD on the
+session's usage at the configured plan's list prices (before included quotas and credits: what the
+cost preview shows). Every record the session's meter writes is priced as it is written (a running
+checkpoint replaces its earlier figure), and the running total compared with the warning level
+(``budget_warning``, a fraction of the cap, 0.8 by default) and with the cap. Crossing the warning
+calls ``on_budget_warning(ctx, event)`` once (default: a log line); reaching the cap calls
+``on_limit(ctx, event)`` once (default: :func:`end_after_utterance`). The check is a few dictionary
+lookups and Decimal additions on the recording thread; the callbacks run as tasks on the job's
+event loop, never on the record's path.
+
+**Customer budget** (``customer_budget=``, ``LIVEKIT_METERING_CUSTOMER_BUDGET``): a monthly cap per
+customer (the ``customer=`` attribution), in USD at the same list prices, checked against the
+collector's month-to-date for that customer (``GET /v1/spend``, other sessions only) plus this
+session's running total. The collector's figure is read when the job starts and then at most every
+``refresh`` seconds (5), in the background, while records come in. A customer already over its cap
+when the job starts is refused before the agent connects (``customer_over_budget="refuse"``, the
+default: nothing is metered) or let in and ended at once like a session budget (``"end"``); a
+running session that takes it over the cap is ended like a session budget. A collector that cannot
+be read at the start lets the job run with a warning (``budget_fail_closed=False``, the default) or
+refuses it (``True``).
+
+The session's final record says ``end_cause = budget`` when the session ended with
+``ctx.shutdown()`` after its limit was reached (what the default ``on_limit`` does), with the cap
+and the spending in its ``meta``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from .pricing import PriceBook
+from .pricing.rows import PriceRow
+from .records import MeterRecord
+
+if TYPE_CHECKING:
+    from livekit.agents import JobContext
+
+__all__ = [
+    "BudgetCallback",
+    "BudgetEvent",
+    "BudgetGuard",
+    "CustomerSpend",
+    "end_after_utterance",
+    "log_budget_warning",
+]
+
+logger = logging.getLogger("livekit_metering")
+
+Scope = Literal["session", "customer"]
+_ZERO = Decimal(0)
+FINISH_TIMEOUT = 30.0  # the longest the default on_limit waits for the utterance in progress
+
+
+@dataclass(frozen=True)
+class BudgetEvent:
+    """A budget's warning level or cap was reached: by whom, of what, and how much is spent."""
+
+    kind: Literal["warning", "limit"]
+    scope: Scope
+    cap: Decimal  # USD
+    spent: Decimal  # USD counted against the cap when it was reached
+    session_id: str
+    customer: str = ""
+    record_id: str = ""  # the record that crossed it ("" when it was crossed before any record)
+
+    @property
+    def reason(self) -> str:
+        """The shutdown reason the default ``on_limit`` gives: ``budget`` or ``customer_budget``."""
+        return "budget" if self.scope == "session" else "customer_budget"
+
+    def describe(self) -> str:
+        who = f"customer {self.customer!r}" if self.scope == "customer" else f"session {self.session_id}"
+        what = "monthly budget" if self.scope == "customer" else "budget"
+        return f"{who} has spent ${self.spent:.4f} of its ${self.cap} {what}"
+
+
+BudgetCallback = Callable[["JobContext", BudgetEvent], "Awaitable[None] | None"]
+
+
+def log_budget_warning(ctx: JobContext, event: BudgetEvent) -> None:
+    """The default ``on_budget_warning``: one log line."""
+    logger.warning("livekit-metering: %s (warning level reached)", event.describe())
+
+
+async def end_after_utterance(ctx: JobContext, event: BudgetEvent) -> None:
+    """The default ``on_limit``: let the agent finish the utterance in progress, then end the job.
+
+    If the job's AgentSession is speaking (or generating the reply it is about to speak: its
+    ``current_speech``), wait until that speech has played out, at most 30 s; an interruption by
+    the user ends the wait too. Then ``ctx.shutdown(reason="budget")`` (``"customer_budget"`` for a
+    customer budget): the job runner closes the session (interrupting anything queued after it)
+    and the room. New replies the user triggers meanwhile are not waited for.
+    """
+    speech = None
+    try:
+        speech = ctx.primary_session.current_speech
+    except Exception:  # no AgentSession started in this job
+        pass
+    if speech is not None and not speech.done():
+        try:
+            await asyncio.wait_for(speech.wait_for_playout(), FINISH_TIMEOUT)
+        except asyncio.TimeoutError:
+            logger.warning("livekit-metering: the utterance in progress took over %.0f s; ending now", FINISH_TIMEOUT)
+    logger.warning("livekit-metering: %s; ending the session", event.describe())
+    ctx.shutdown(reason=event.reason)
+
+
+class CustomerSpend:
+    """The collector's month-to-date of one customer, without this session's records, kept fresh.
+
+    ``base`` is None until a read succeeds. ``maybe_refresh`` starts a background read when the
+    figure is older than ``refresh`` seconds and none is in flight; reads never block the caller.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        customer: str,
+        session_id: str,
+        plan: str,
+        api_key: str | None,
+        api_secret: str | None,
+        refresh: float = 5.0,
+        timeout: float = 2.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.customer = customer
+        self.session_id = session_id
+        self.plan = plan
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.refresh = refresh
+        self.timeout = timeout
+        self.base: Decimal | None = None
+        self.read_at = float("-inf")  # monotonic time of the last read (successful or not)
+        self._reading = False
+
+    async def read(self) -> Decimal:
+        """Ask the collector now; raises on any failure (unreachable, refused, malformed)."""
+        import aiohttp
+
+        from .export.client import sign_body
+
+        self.read_at = time.monotonic()
+        headers = {}
+        if self.api_key and self.api_secret:
+            headers["Authorization"] = sign_body(None, self.api_key, self.api_secret)
+        query = {"customer": self.customer, "plan": self.plan, "exclude_session": self.session_id}
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with http.get(f"{self.url}/v1/spend", params=query, headers=headers) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"the collector answered {resp.status}: {(await resp.text())[:200]}")
+                doc = await resp.json()
+        self.base = Decimal(str(doc["cost"]))
+        return self.base
+
+    def maybe_refresh(self, loop: asyncio.AbstractEventLoop, on_read: Callable[[], None]) -> None:
+        """Read again in the background if the figure is ``refresh`` seconds old; then ``on_read()``."""
+        if self._reading or time.monotonic() - self.read_at < self.refresh:
+            return
+        self._reading = True
+
+        async def again() -> None:
+            try:
+                await self.read()
+                on_read()
+            except Exception as exc:
+                logger.debug("livekit-metering: reading customer %r's month-to-date failed: %s", self.customer, exc)
+            finally:
+                self._reading = False
+
+        _spawn(loop, again)
+
+
+_tasks: set[asyncio.Task[Any]] = set()  # keep background tasks referenced until they finish
+
+
+def _spawn(loop: asyncio.AbstractEventLoop, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``make()`` as a task on ``loop``, from any thread."""
+
+    def start() -> None:
+        task = loop.create_task(make())
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:  # the job's loop is closed: nothing left to end
+        pass
+
+
+class BudgetGuard:
+    """One session's spending against its budgets; ``observe`` is the meter's record listener.
+
+    ``session_cap`` / ``customer_cap`` None: that budget is off. ``fire(callback, event)`` runs a
+    user callback (set by ``for_job``: as a task on the job's loop, with its ``ctx``).
+    """
+
+    def __init__(
+        self,
+        *,
+        book: PriceBook,
+        plan: str,
+        session_id: str,
+        session_cap: Decimal | None = None,
+        customer_cap: Decimal | None = None,
+        warn_at: Decimal = Decimal("0.8"),
+        on_warning: BudgetCallback = log_budget_warning,
+        on_limit: BudgetCallback = end_after_utterance,
+        customer: CustomerSpend | None = None,
+        fire: Callable[[BudgetCallback, BudgetEvent], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.book = book
+        self.plan = plan
+        self.session_id = session_id
+        self.session_cap = session_cap
+        self.customer_cap = customer_cap
+        self.warn_at = warn_at
+        self.on_warning = on_warning
+        self.on_limit = on_limit
+        self.customer = customer
+        self.fire = fire or (lambda callback, event: None)
+        self.loop = loop
+        self.spent = Decimal(0)  # this session, at list prices
+        self.reached: BudgetEvent | None = None  # the first limit reached
+        self._prices: dict[str, Decimal] = {}
+        self._rows: dict[tuple[Any, ...], PriceRow | None] = {}
+        self._warned: set[Scope] = set()
+        self._lock = threading.Lock()
+
+    def observe(self, record: MeterRecord) -> None:
+        """Price ``record`` into the session's total and check both budgets. Never raises."""
+        try:
+            # The price row for the record's model and day, looked up once per session.
+            key = (record.resource, record.provider, record.model, record.language, record.start.date())
+            if key in self._rows:
+                row = self._rows[key]
+            else:
+                row = self._rows[key] = self.book.row_of(record, self.plan)
+            # Unpriced usage counts as nothing: only what has a price can be held against a cap.
+            price = self.book.price_with(record, row, self.plan) or _ZERO
+            with self._lock:
+                before = self._prices.get(record.id)
+                self._prices[record.id] = price
+                self.spent += price if before is None else price - before
+            self.check(record.id)
+            if self.customer is not None and self.loop is not None:
+                self.customer.maybe_refresh(self.loop, self.check)
+        except Exception:
+            logger.exception("livekit-metering: the budget check failed for %s", record.id)
+
+    def check(self, record_id: str = "") -> None:
+        """Compare what is spent with each budget; fire each warning and the first limit once."""
+        fire: list[tuple[BudgetCallback, BudgetEvent]] = []
+        with self._lock:
+            if self.session_cap is not None:
+                self._against("session", self.session_cap, self.spent, record_id, fire)
+            if self.customer_cap is not None and self.customer is not None:
+                spent = (self.customer.base or _ZERO) + self.spent
+                self._against("customer", self.customer_cap, spent, record_id, fire)
+        for callback, event in fire:
+            self.fire(callback, event)
+
+    def _against(
+        self, scope: Scope, cap: Decimal, spent: Decimal, record_id: str, fire: list[tuple[BudgetCallback, BudgetEvent]]
+    ) -> None:
+        if spent < cap * self.warn_at:
+            return
+        customer = self.customer.customer if self.customer is not None else ""
+        if scope not in self._warned:
+            self._warned.add(scope)
+            fire.append(
+                (self.on_warning, BudgetEvent("warning", scope, cap, spent, self.session_id, customer, record_id))
+            )
+        if self.reached is None and spent >= cap:
+            self.reached = BudgetEvent("limit", scope, cap, spent, self.session_id, customer, record_id)
+            fire.append((self.on_limit, self.reached))
+
+    def end_detail(self) -> dict[str, str]:
+        """What the session's record says of the limit reached (empty when none was)."""
+        event = self.reached
+        if event is None:
+            return {}
+        return {"budget": event.scope, "budget_cap": str(event.cap), "budget_spent": str(event.spent)}
+
+
+def run_callback(ctx: JobContext, loop: asyncio.AbstractEventLoop) -> Callable[[BudgetCallback, BudgetEvent], None]:
+    """``BudgetGuard.fire`` for a job: each callback as a task on the job's loop; its errors are logged."""
+
+    def fire(callback: BudgetCallback, event: BudgetEvent) -> None:
+        async def run() -> None:
+            try:
+                result = callback(ctx, event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("livekit-metering: the budget %s callback failed", event.kind)
+
+        _spawn(loop, run)
+
+    return fire
