@@ -32,6 +32,7 @@ from fakes import MemoryExporter
 from livekit_metering.budgets import BudgetGuard, CustomerSpend
 from livekit_metering.meter import Meter
 from livekit_metering.pricing import PriceBook
+from livekit_metering.rates import get_policy
 from livekit_metering.records import MeterRecord, Resource, Status
 
 T0 = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
@@ -41,8 +42,11 @@ MIX = [
     (Resource.LLM_OUTPUT, 60, {"model": "openai/gpt-4.1-mini", **LK}),
     (Resource.TTS, 120, {"model": "cartesia/sonic-3", **LK}),
     (Resource.STT, 4_000, {"model": "deepgram/nova-3", **LK}),
-    (Resource.AGENT_SESSION, 15_000, {}),  # a checkpoint: one id, replaced each time
+    # The session's own time: a checkpoint, one id, replaced each time; the guard prices it from the
+    # session's running duration (a new figure once a minute), as in a job.
+    (Resource.AGENT_SESSION, 15_000, {"meta": {"session_time": True}}),
 ]
+POLICY = get_policy()
 
 
 def guard(session_id: str) -> BudgetGuard:
@@ -55,6 +59,8 @@ def guard(session_id: str) -> BudgetGuard:
         book=PriceBook.bundled(),
         plan="ship",
         session_id=session_id,
+        session_time=lambda: 15_000,
+        policy=POLICY,
         session_cap=Decimal(10**9),
         customer_cap=Decimal(10**9),
         customer=customer,

@@ -36,10 +36,11 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .pricing import PriceBook
 from .pricing.rows import PriceRow
+from .rates import RatePolicy
 from .records import MeterRecord
 
 if TYPE_CHECKING:
@@ -98,14 +99,16 @@ async def end_after_utterance(ctx: JobContext, event: BudgetEvent) -> None:
     If the job's AgentSession is speaking (or generating the reply it is about to speak: its
     ``current_speech``), wait until that speech has played out, at most 30 s; an interruption by
     the user ends the wait too. Then ``ctx.shutdown(reason="budget")`` (``"customer_budget"`` for a
-    customer budget): the job runner closes the session (interrupting anything queued after it)
-    and the room. New replies the user triggers meanwhile are not waited for.
+    customer budget), which ends the metered session at that instant, and close the AgentSession
+    at once, interrupting anything queued after that speech: the job runner would close it only
+    once the entrypoint returns (up to 15 s later), and it would go on answering until then.
     """
-    speech = None
+    session = None
     try:
-        speech = ctx.primary_session.current_speech
+        session = ctx.primary_session
     except Exception:  # no AgentSession started in this job
         pass
+    speech = session.current_speech if session is not None else None
     if speech is not None and not speech.done():
         try:
             await asyncio.wait_for(speech.wait_for_playout(), FINISH_TIMEOUT)
@@ -113,6 +116,8 @@ async def end_after_utterance(ctx: JobContext, event: BudgetEvent) -> None:
             logger.warning("livekit-metering: the utterance in progress took over %.0f s; ending now", FINISH_TIMEOUT)
     logger.warning("livekit-metering: %s; ending the session", event.describe())
     ctx.shutdown(reason=event.reason)
+    if session is not None:
+        await session.aclose()
 
 
 class CustomerSpend:
@@ -222,6 +227,8 @@ class BudgetGuard:
         customer: CustomerSpend | None = None,
         fire: Callable[[BudgetCallback, BudgetEvent], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        session_time: Callable[[], int] | None = None,
+        policy: RatePolicy | None = None,
     ) -> None:
         self.book = book
         self.plan = plan
@@ -234,7 +241,12 @@ class BudgetGuard:
         self.customer = customer
         self.fire = fire or (lambda callback, event: None)
         self.loop = loop
-        self.spent = Decimal(0)  # this session, at list prices
+        self.session_time = session_time
+        self.policy = policy
+        self.spent = Decimal(0)  # this session's usages at list prices, but for its own time (below)
+        self._own: MeterRecord | None = None  # the session's own time: priced as it runs, not per checkpoint
+        self._own_quantity = _ZERO
+        self._own_price = _ZERO
         self.reached: BudgetEvent | None = None  # the first limit reached
         self._prices: dict[str, Decimal] = {}
         self._rows: dict[tuple[Any, ...], PriceRow | None] = {}
@@ -244,6 +256,10 @@ class BudgetGuard:
     def observe(self, record: MeterRecord) -> None:
         """Price ``record`` into the session's total and check both budgets. Never raises."""
         try:
+            if record.meta.get("session_time") is True and self.session_time is not None:
+                self._own = record  # its figure runs on between checkpoints: ``total`` prices it now
+                self.check(record.id)
+                return
             # The price row for the record's model and day, looked up once per session.
             key = (record.resource, record.provider, record.model, record.language, record.start.date())
             if key in self._rows:
@@ -262,14 +278,27 @@ class BudgetGuard:
         except Exception:
             logger.exception("livekit-metering: the budget check failed for %s", record.id)
 
+    @property
+    def total(self) -> Decimal:
+        """What the session has spent so far: its usages, and its own time up to now, rounded as billed."""
+        own = self._own
+        if own is None or self.session_time is None or self.policy is None:
+            return self.spent
+        quantity = self.policy.quantity(own.resource, self.session_time())
+        if quantity != self._own_quantity:  # a new increment begun (once a minute): price it
+            figure = own.model_copy(update={"quantity": quantity})
+            self._own_quantity, self._own_price = quantity, self.book.price_of(figure, self.plan) or _ZERO
+        return self.spent + self._own_price
+
     def check(self, record_id: str = "") -> None:
         """Compare what is spent with each budget; fire each warning and the first limit once."""
         fire: list[tuple[BudgetCallback, BudgetEvent]] = []
         with self._lock:
+            total = self.total
             if self.session_cap is not None:
-                self._against("session", self.session_cap, self.spent, record_id, fire)
+                self._against("session", self.session_cap, total, record_id, fire)
             if self.customer_cap is not None and self.customer is not None:
-                spent = (self.customer.base or _ZERO) + self.spent
+                spent = (self.customer.base or _ZERO) + total
                 self._against("customer", self.customer_cap, spent, record_id, fire)
         for callback, event in fire:
             self.fire(callback, event)
@@ -289,13 +318,6 @@ class BudgetGuard:
             self.reached = BudgetEvent("limit", scope, cap, spent, self.session_id, customer, record_id)
             fire.append((self.on_limit, self.reached))
 
-    def end_detail(self) -> dict[str, str]:
-        """What the session's record says of the limit reached (empty when none was)."""
-        event = self.reached
-        if event is None:
-            return {}
-        return {"budget": event.scope, "budget_cap": str(event.cap), "budget_spent": str(event.spent)}
-
 
 def run_callback(ctx: JobContext, loop: asyncio.AbstractEventLoop) -> Callable[[BudgetCallback, BudgetEvent], None]:
     """``BudgetGuard.fire`` for a job: each callback as a task on the job's loop; its errors are logged."""
@@ -312,3 +334,218 @@ def run_callback(ctx: JobContext, loop: asyncio.AbstractEventLoop) -> Callable[[
         _spawn(loop, run)
 
     return fire
+
+
+CustomerCap = Decimal | Callable[[str], "Decimal | str | int | None"]
+
+
+# -- option checks: value -> value used, or ValueError(what is wrong; what to write) --------------------
+
+
+def usd(value: Any) -> Decimal:
+    """A positive amount of USD: a decimal string, an int, a Decimal (a float through its shortest repr)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValueError(f'must be an amount in USD such as "0.50", got {type(value).__name__}')
+    try:
+        amount = Decimal(str(value).strip())
+    except ArithmeticError:
+        raise ValueError(f'must be an amount in USD such as "0.50", got {value!r}') from None
+    if not amount.is_finite() or amount <= 0 or amount > 10**9:
+        raise ValueError(f"must be a positive amount in USD up to 1,000,000,000, got {value!r}")
+    return amount
+
+
+def customer_cap(value: Any) -> CustomerCap:
+    """A monthly amount for every customer, or a callable (customer) -> amount | None (None: no cap)."""
+    if callable(value) and not isinstance(value, str):
+        return cast(CustomerCap, value)
+    return usd(value)
+
+
+def fraction(value: Any) -> Decimal:
+    """The warning level: a fraction of the cap, above 0 and at most 1 (0.8: at 80 %)."""
+    try:
+        level = Decimal(str(value).strip()) if not isinstance(value, bool) else None
+    except ArithmeticError:
+        level = None
+    if level is None or not level.is_finite() or not 0 < level <= 1:
+        raise ValueError(f"must be a fraction of the budget above 0 and at most 1, such as 0.8, got {value!r}")
+    return level
+
+
+def over_mode(value: Any) -> Literal["refuse", "end"]:
+    text = str(value).strip().lower() if isinstance(value, str) else ""
+    if text not in ("refuse", "end"):
+        raise ValueError(f'must be "refuse" (before connecting) or "end" (like a session budget), got {value!r}')
+    return cast(Literal["refuse", "end"], text)
+
+
+def callback(value: Any) -> BudgetCallback:
+    if not callable(value):
+        raise ValueError("must be a callable (ctx, event), sync or async")
+    return cast(BudgetCallback, value)
+
+
+REFRESH = 5.0  # seconds between reads of a customer's month-to-date while records come in
+READ_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    """The budget options of one job, resolved (see ``metered``)."""
+
+    session: Decimal | None = None
+    customer: CustomerCap | None = None
+    warn_at: Decimal = Decimal("0.8")
+    on_warning: BudgetCallback = log_budget_warning
+    on_limit: BudgetCallback = end_after_utterance
+    customer_over: Literal["refuse", "end"] = "refuse"
+    fail_closed: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.session is not None or self.customer is not None
+
+
+class JobBudget:
+    """The budgets of one job: the guard on its meter, the customer check at the start, and what the
+    session's record says when a limit ended it."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        options: BudgetOptions,
+        *,
+        book: PriceBook,
+        plan: str,
+        session_id: str,
+        customer_of: Callable[[], str | None],
+        url: str | None,
+        session_time: Callable[[], int] | None = None,
+        policy: RatePolicy | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.options = options
+        self.customer_of = customer_of
+        self.url = url
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.plan = plan
+        self.loop = asyncio.get_running_loop()
+        self.guard = BudgetGuard(
+            book=book,
+            plan=plan,
+            session_id=session_id,
+            session_time=session_time,
+            policy=policy,
+            session_cap=options.session,
+            warn_at=options.warn_at,
+            on_warning=options.on_warning,
+            on_limit=options.on_limit,
+            fire=run_callback(ctx, self.loop),
+            loop=self.loop,
+        )
+        self._checked_customer = options.customer is None
+
+    async def admit(self) -> bool:
+        """Before the entrypoint runs: False when the job is refused (its customer is over its cap, or
+        its month-to-date cannot be read and ``fail_closed``); the job is then shut down unconnected."""
+        customer = self._customer()
+        if customer is None:
+            return True  # no customer budget, or the customer is not known before connecting
+        over = await self._read(customer)
+        if over is None:  # the collector could not be read
+            if not self.options.fail_closed:
+                return True
+            logger.error(
+                "livekit-metering: job %s refused: customer %r's month-to-date could not be read (fail closed)",
+                self.guard.session_id,
+                customer,
+            )
+            self.ctx.shutdown(reason="customer_budget_unavailable")
+            return False
+        if over and self.options.customer_over == "refuse":
+            spend = self.guard.customer
+            logger.warning(
+                "livekit-metering: job %s refused before connecting: customer %r has spent $%s of its $%s "
+                "monthly budget",
+                self.guard.session_id,
+                customer,
+                spend.base if spend else "?",
+                self.guard.customer_cap,
+            )
+            self.ctx.shutdown(reason="customer_budget")
+            return False
+        return True
+
+    def connected(self) -> None:
+        """The agent connected: the customer's month-to-date read at the start is compared now (one over
+        its cap with ``customer_over="end"`` reaches its limit now); a customer found only now (a
+        participant's attribute) is read and compared now."""
+        if self._checked_customer:
+            if self.guard.customer is not None:
+                self.guard.check()
+            return
+
+        async def late() -> None:
+            customer = self._customer()
+            if customer is not None and await self._read(customer) is not None:
+                self.guard.check()
+
+        _spawn(self.loop, late)
+
+    def _customer(self) -> str | None:
+        """The customer whose cap applies, once known (None: no customer budget, or not known yet)."""
+        if self._checked_customer:
+            return None
+        try:
+            customer = self.customer_of()
+        except Exception:
+            logger.exception("livekit-metering: the customer option failed")
+            return None
+        if not customer:
+            return None
+        self._checked_customer = True
+        cap = self.options.customer
+        try:
+            value = cap(customer) if callable(cap) else cap
+            self.guard.customer_cap = None if value is None else Decimal(str(value))
+        except Exception:
+            logger.exception("livekit-metering: customer_budget= failed for customer %r", customer)
+            return None
+        if self.guard.customer_cap is None:
+            return None
+        self.guard.customer = CustomerSpend(
+            self.url or "",
+            customer=customer,
+            session_id=self.guard.session_id,
+            plan=self.plan,
+            api_key=self.api_key,
+            api_secret=self.api_secret,
+            refresh=REFRESH,
+            timeout=READ_TIMEOUT,
+        )
+        return customer
+
+    async def _read(self, customer: str) -> bool | None:
+        """Read the customer's month-to-date: whether it is over its cap, None when it cannot be read."""
+        spend, cap = self.guard.customer, self.guard.customer_cap
+        assert spend is not None and cap is not None
+        try:
+            base = await spend.read()
+        except Exception as exc:
+            logger.warning(
+                "livekit-metering: customer %r's month-to-date could not be read from %s (%s); %s",
+                customer,
+                self.url or "(no collector URL)",
+                exc,
+                "refusing the job (fail closed)" if self.options.fail_closed else "the job runs (fail open)",
+            )
+            return None
+        return base >= cap
+
+    @property
+    def reached(self) -> BudgetEvent | None:
+        return self.guard.reached

@@ -33,9 +33,12 @@ import pickle
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast, overload
 
+from . import budgets
+from .budgets import BudgetOptions, JobBudget
 from .costlog import log_summary, summarize
 from .export.base import Exporter
 from .hosting import HOSTING_ENV, Hosting, detect_hosting, parse_hosting
@@ -65,6 +68,11 @@ _ENV_PLAN = "LIVEKIT_METERING_PLAN"
 _ENV_PRICES = "LIVEKIT_METERING_PRICES"
 _ENV_INTERVAL = "LIVEKIT_METERING_CHECKPOINT_INTERVAL"
 _ENV_CUSTOMER = "LIVEKIT_METERING_CUSTOMER"
+_ENV_BUDGET = "LIVEKIT_METERING_SESSION_BUDGET"
+_ENV_CUSTOMER_BUDGET = "LIVEKIT_METERING_CUSTOMER_BUDGET"
+_ENV_BUDGET_WARNING = "LIVEKIT_METERING_BUDGET_WARNING"
+_ENV_CUSTOMER_OVER = "LIVEKIT_METERING_CUSTOMER_OVER_BUDGET"
+_ENV_FAIL_CLOSED = "LIVEKIT_METERING_BUDGET_FAIL_CLOSED"
 
 DEFAULT_PLAN = "ship"
 DEFAULT_CHECKPOINT_INTERVAL = 15.0
@@ -93,8 +101,29 @@ class MeteringOptions:
     clock: Clock | None = None  # for tests: a controllable clock
     hosting: str | None = None
     phone_numbers: tuple[str, ...] | None = None
+    budget: Any = None
+    budget_warning: Any = None
+    on_budget_warning: Any = None
+    on_limit: Any = None
+    customer_budget: Any = None
+    customer_over_budget: Any = None
+    budget_fail_closed: bool | None = None
 
     def __post_init__(self) -> None:
+        for name, check in (
+            ("budget", budgets.usd),
+            ("budget_warning", budgets.fraction),
+            ("on_budget_warning", budgets.callback),
+            ("on_limit", budgets.callback),
+            ("customer_budget", budgets.customer_cap),
+            ("customer_over_budget", budgets.over_mode),
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    object.__setattr__(self, name, check(value))
+                except ValueError as exc:
+                    raise ValueError(f"metered({name}=...): {exc}") from None
         # Explicit options are checked where they are written (worker start-up), with a clear error.
         if self.hosting is not None:
             object.__setattr__(self, "hosting", parse_hosting(self.hosting).value)
@@ -171,6 +200,32 @@ class MeteringOptions:
         except ValueError as exc:  # a bad LIVEKIT_METERING_HOSTING: detect as if it were unset
             logger.error("livekit-metering: %s; detecting the hosting instead", exc)
             return detect_hosting(livekit_url, environ={k: v for k, v in os.environ.items() if k != HOSTING_ENV})
+
+    def resolved_budgets(self) -> BudgetOptions:
+        def env(name: str, check: Callable[[Any], Any]) -> Any:
+            text = _env(name)
+            if text is None:
+                return None
+            try:
+                return check(text)
+            except ValueError as exc:
+                logger.error("livekit-metering: %s=%r %s; ignored", name, text, exc)
+                return None
+
+        fail_closed = self.budget_fail_closed
+        if fail_closed is None:
+            fail_closed = (_env(_ENV_FAIL_CLOSED) or "").lower() in ("1", "true", "yes", "on")
+        return BudgetOptions(
+            session=self.budget if self.budget is not None else env(_ENV_BUDGET, budgets.usd),
+            customer=self.customer_budget
+            if self.customer_budget is not None
+            else env(_ENV_CUSTOMER_BUDGET, budgets.customer_cap),
+            warn_at=self.budget_warning or env(_ENV_BUDGET_WARNING, budgets.fraction) or Decimal("0.8"),
+            on_warning=self.on_budget_warning or budgets.log_budget_warning,
+            on_limit=self.on_limit or budgets.end_after_utterance,
+            customer_over=self.customer_over_budget or env(_ENV_CUSTOMER_OVER, budgets.over_mode) or "refuse",
+            fail_closed=fail_closed,
+        )
 
     def resolved_phone_numbers(self) -> frozenset[str] | None:
         return parse_numbers(self.phone_numbers if self.phone_numbers is not None else _env(PHONE_NUMBERS_ENV))
@@ -259,6 +314,8 @@ class MeteredEntrypoint:
         hooks = _start(ctx, self.options)
         if hooks is None:
             return await self.__wrapped__(ctx)
+        if hooks.budget is not None and not await hooks.budget.admit():
+            return None  # refused before connecting (a customer over its budget): nothing is metered
         with use_meter(hooks.meter):
             try:
                 return await self.__wrapped__(ctx)
@@ -295,6 +352,13 @@ def metered(
     clock: Clock | None = ...,
     hosting: str | None = ...,
     phone_numbers: Iterable[str] | None = ...,
+    budget: str | int | float | Decimal | None = ...,
+    budget_warning: str | float | Decimal | None = ...,
+    on_budget_warning: budgets.BudgetCallback | None = ...,
+    on_limit: budgets.BudgetCallback | None = ...,
+    customer_budget: budgets.CustomerCap | str | int | float | None = ...,
+    customer_over_budget: str | None = ...,
+    budget_fail_closed: bool | None = ...,
 ) -> MeteredEntrypoint: ...
 
 
@@ -316,6 +380,13 @@ def metered(
     clock: Clock | None = ...,
     hosting: str | None = ...,
     phone_numbers: Iterable[str] | None = ...,
+    budget: str | int | float | Decimal | None = ...,
+    budget_warning: str | float | Decimal | None = ...,
+    on_budget_warning: budgets.BudgetCallback | None = ...,
+    on_limit: budgets.BudgetCallback | None = ...,
+    customer_budget: budgets.CustomerCap | str | int | float | None = ...,
+    customer_over_budget: str | None = ...,
+    budget_fail_closed: bool | None = ...,
 ) -> Callable[[Entrypoint], MeteredEntrypoint]: ...
 
 
@@ -336,6 +407,13 @@ def metered(
     clock: Clock | None = None,
     hosting: str | None = None,
     phone_numbers: Iterable[str] | None = None,
+    budget: str | int | float | Decimal | None = None,
+    budget_warning: str | float | Decimal | None = None,
+    on_budget_warning: budgets.BudgetCallback | None = None,
+    on_limit: budgets.BudgetCallback | None = None,
+    customer_budget: budgets.CustomerCap | str | int | float | None = None,
+    customer_over_budget: str | None = None,
+    budget_fail_closed: bool | None = None,
 ) -> MeteredEntrypoint | Callable[[Entrypoint], MeteredEntrypoint]:
     """Meter the agent session of every job this entrypoint runs.
 
@@ -373,6 +451,13 @@ def metered(
         clock=clock,
         hosting=hosting,
         phone_numbers=_numbers_option(phone_numbers),
+        budget=budget,
+        budget_warning=budget_warning,
+        on_budget_warning=on_budget_warning,
+        on_limit=on_limit,
+        customer_budget=customer_budget,
+        customer_over_budget=customer_over_budget,
+        budget_fail_closed=budget_fail_closed,
     )
     if fn is None:
         return _Decorator(options)
@@ -388,17 +473,19 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
         exporter, owned = _exporter_or_fallback(options)
         url = _livekit_url(ctx)
         hosting, hosting_source = options.resolved_hosting(url)
+        attribution = _Attribution(ctx, options.resolved_customer(), options.attributes)
         meter = SessionMeter.for_job(
             ctx,
             exporter=exporter,
             policy=_policy_or_default(options),
             checkpoint_interval=options.resolved_interval(),
             clock=options.clock,
-            attribution=_Attribution(ctx, options.resolved_customer(), options.attributes),
+            attribution=attribution,
             hosting=hosting,
             hosting_source=hosting_source,
         )
         hooks = _JobHooks(ctx, meter, options, exporter=exporter, owns_exporter=owned)
+        hooks.budget = _budget(ctx, meter, options, attribution.customer)
         hooks.preview = maybe_attach_preview(
             meter, option=options.preview, plan=options.resolved_plan(), prices=options.resolved_prices()
         )
@@ -408,6 +495,33 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
     except Exception:
         logger.exception("livekit-metering could not start metering job %s; it runs unmetered", _job_id(ctx))
         return None
+
+
+def _budget(
+    ctx: JobContext, meter: SessionMeter, options: MeteringOptions, customer_of: Callable[[], str | None]
+) -> JobBudget | None:
+    """The job's budgets, checked on every record its meter writes (None: no budget set)."""
+    settings = options.resolved_budgets()
+    if not settings.any:
+        return None
+    from .pricing import PriceBook
+
+    prices = options.resolved_prices()
+    budget = JobBudget(
+        ctx,
+        settings,
+        book=PriceBook.load(prices) if prices else PriceBook.bundled(),
+        plan=options.resolved_plan(),
+        session_id=meter.session_id,
+        customer_of=customer_of,
+        session_time=lambda: meter.duration_ms,
+        policy=meter.policy,
+        url=options.url or _env("LIVEKIT_METERING_URL"),
+        api_key=_env("LIVEKIT_API_KEY"),
+        api_secret=_env("LIVEKIT_API_SECRET"),
+    )
+    meter.on_record(budget.guard.observe)
+    return budget
 
 
 def _livekit_url(ctx: JobContext) -> str:
@@ -454,19 +568,24 @@ class _Attribution:
         self._attributes = attributes
         self._found: str | None = None
 
-    def __call__(self) -> tuple[str | None, Mapping[str, str] | None]:
+    def customer(self) -> str | None:
+        """The job's customer, once found (then kept): the customer budget asks for it too."""
         if self._found is None and self._customer is not None:
             if isinstance(self._customer, str):
                 self._found = _customer_by_key(self._ctx, self._customer)
             else:
                 value = self._customer(self._ctx)
                 self._found = str(value) if value is not None and value != "" else None
+        return self._found
+
+    def __call__(self) -> tuple[str | None, Mapping[str, str] | None]:
+        customer = self.customer()
         attributes = None
         if self._attributes is not None:
             attributes = self._attributes(self._ctx)
             if not isinstance(attributes, Mapping):
                 raise TypeError(f"attributes= returned {type(attributes).__name__}, not a dict[str, str]")
-        return self._found, attributes
+        return customer, attributes
 
 
 def _customer_by_key(ctx: JobContext, key: str) -> str | None:
@@ -558,6 +677,7 @@ class _JobHooks:
         self.exporter = exporter
         self.owns_exporter = owns_exporter
         self.preview: CostPreview | None = None
+        self.budget: JobBudget | None = None
         self._runner_future: asyncio.Future[Any] | None = None
         self.observability = Observability(meter, ctx, livekit_url=_livekit_url(ctx))
         self.voice_isolation = VoiceIsolation(meter, find_input=self._room_audio_input)
@@ -576,12 +696,22 @@ class _JobHooks:
                 room = ctx.room.local_participant
                 if meter.connected(participant_sid=str(room.sid or ""), participant_identity=str(room.identity or "")):
                     self._watch_room()
+                    if self.budget is not None:
+                        self.budget.connected()
             except Exception:
                 logger.exception("livekit-metering: connect hook failed")
 
         def shutdown(reason: str = "user requested") -> None:
             try:
-                meter.end(EndCause.SHUTDOWN, shutdown_reason=reason or "user requested")
+                why = reason or "user requested"
+                reached = self.budget.reached if self.budget is not None else None
+                if reached is None:
+                    meter.end(EndCause.SHUTDOWN, shutdown_reason=why)
+                else:  # after a budget's limit was reached, a shutdown is the budget's doing (on_limit's)
+                    cap, spent = str(reached.cap), str(reached.spent)
+                    meter.end(
+                        EndCause.BUDGET, shutdown_reason=why, budget=reached.scope, budget_cap=cap, budget_spent=spent
+                    )
             except Exception:
                 logger.exception("livekit-metering: shutdown hook failed")
             original_shutdown(reason)

@@ -66,7 +66,7 @@ def test_the_warning_then_the_limit_each_once() -> None:
         ("limit", "session", Decimal("0.021"), "AJ_1/tts-7/tts"),
     ]
     assert g.spent == Decimal("0.027")
-    assert g.end_detail() == {"budget": "session", "budget_cap": "0.02", "budget_spent": "0.021"}
+    assert g.reached is events[1]
     assert events[1].reason == "budget"
 
 
