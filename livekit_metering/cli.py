@@ -43,12 +43,18 @@ def report(
     plan: Annotated[str, typer.Option(help="The plan whose list prices apply: build, ship or scale.")] = "ship",
     prices: Annotated[Optional[str], typer.Option(help="A price book TOML overriding the bundled prices.")] = None,  # noqa: UP045
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file.")] = None,  # noqa: UP045
+    forecast: Annotated[
+        bool, typer.Option("--forecast", help="This month's invoice so far and projected to the month's end.")
+    ] = False,
 ) -> None:
     """Sessions and costs from a collector, a store or a records file, grouped and priced."""
     import sys
 
     from .report import ReportError, run_report
 
+    if forecast:
+        _forecast(records, url, database, project, plan, prices, fmt, output, group_by, since, until)
+        return
     try:
         text = run_report(
             path=records,
@@ -68,6 +74,38 @@ def report(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if output:
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        typer.echo(text, nl=False)
+
+
+def _forecast(
+    records: str | None,
+    url: str | None,
+    database: str | None,
+    project: str,
+    plan: str,
+    prices: str | None,
+    fmt: str,
+    output: str | None,
+    *unused: str | None,
+) -> None:
+    from pathlib import Path
+
+    from .forecast_report import run_forecast
+    from .report import ReportError
+
+    try:
+        if any(unused):
+            raise ReportError("--forecast covers this month: it takes no --group-by, --since or --until")
+        text = run_forecast(
+            path=records, url=url, database=database, project=project, plan=plan, prices=prices, fmt=fmt
+        )
+    except (ReportError, ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
         typer.echo(f"wrote {output}", err=True)
     else:
         typer.echo(text, nl=False)

@@ -5,22 +5,27 @@ gauges, warnings in the log once per level, and the run-rate window's edges."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from collector_helpers import body_of, post
+from typer.testing import CliRunner
 
+from livekit_metering.cli import app
 from livekit_metering.collector.forecast import forecast_json
 from livekit_metering.collector.pricing import Pricer
 from livekit_metering.collector.quotas import month_quotas
 from livekit_metering.collector.runrate import month_usage, window_of
 from livekit_metering.collector.store.base import UsageRow
-from livekit_metering.collector.testing import run_collector, sign
+from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, run_collector, sign
+from livekit_metering.forecast_report import run_forecast
 from livekit_metering.rates import get_policy
 from livekit_metering.records import MeterRecord, Resource, Unit
 
@@ -289,3 +294,52 @@ def test_a_new_project_has_a_rate_over_its_own_days_and_a_past_month_none_left()
     october = month_usage([_row("2026-10-31", Resource.AGENT_SESSION, Unit.MINUTE, 6_000 * MIN)], past)
     doc = forecast_json(Pricer.bundled().book, "ship", october)
     assert doc["total"] == doc["month_to_date"]["total"] == "60.00"  # $50 + 1,000 minutes past the quota
+
+
+def test_report_forecast_from_a_collector_a_store_and_a_records_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``report --forecast``: the same hand-calculated figures whichever source it reads."""
+    file = tmp_path / "records.jsonl"
+    file.write_text("".join(json.dumps(r.to_json()) + "\n" for r in seeded_month()), encoding="utf-8")
+    database = f"sqlite:///{tmp_path}/metering.db"
+    monkeypatch.setenv("LIVEKIT_API_KEY", TEST_KEY)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", TEST_SECRET)
+    runner = CliRunner()
+
+    async def from_collector() -> tuple[Any, Any]:
+        async with run_collector(database, clock=lambda: NOW) as url, aiohttp.ClientSession() as http:
+            await _seed(http, url)
+            as_json = await asyncio.to_thread(
+                runner.invoke, app, ["report", "--forecast", "--url", url, "--format", "json"]
+            )
+            as_table = await asyncio.to_thread(runner.invoke, app, ["report", "--forecast", "--url", url])
+            return as_json, as_table
+
+    as_json, as_table = asyncio.run(from_collector())
+    assert as_json.exit_code == 0, as_json.output
+    docs = {
+        "collector": json.loads(as_json.output),
+        "store": json.loads(run_forecast(path=None, url=None, database=database, now=NOW, fmt="json")),
+        "file": json.loads(run_forecast(path=str(file), url=None, database=None, now=NOW, fmt="json")),
+    }
+    for source, doc in docs.items():
+        assert (doc["month"], doc["plan"], doc["method"]) == ("2026-11", "ship", "run-rate"), source
+        assert Decimal(doc["month_to_date"]["total"]) == MTD_TOTAL, source
+        assert Decimal(doc["total"]) == FORECAST_TOTAL, source
+        ends = {(u["resource"], u["provider"]): u["month_end"] for u in doc["usage"]}
+        assert ends[("agent_session", "")] == "10800" and ends[("data_transfer", "")] == "330", source
+
+    assert as_table.exit_code == 0, as_table.output
+    assert "month to date: $71.75    month end: $137.60" in as_table.output
+    assert re.search(r"agent_session\s+-\s+minute\s+6600\s+4200\s+10800", as_table.output), as_table.output
+    assert "7.5 days" in as_table.output  # the method is stated
+
+    for args, words in [
+        (["--forecast", str(file), "--group-by", "day"], "takes no --group-by"),
+        (["--forecast", str(file), "--format", "csv"], "use table or json"),
+        (["--forecast", str(tmp_path / "missing.jsonl")], "no records file"),
+        (["--forecast", "--database", f"sqlite:///{tmp_path}/none.db"], "no SQLite store"),
+    ]:
+        result = runner.invoke(app, ["report", *args])
+        assert result.exit_code == 2 and words in result.output, (args, result.output)
