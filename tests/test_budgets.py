@@ -3,11 +3,15 @@ warning once, the limit once, a customer's month-to-date from the collector plus
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from livekit_metering.budgets import BudgetEvent, BudgetGuard, CustomerSpend
+from livekit_metering.entrypoint import metered
 from livekit_metering.pricing import PriceBook
 from livekit_metering.rates import get_policy
 from livekit_metering.records import MeterRecord, Resource, Status
@@ -115,3 +119,72 @@ def test_unpriced_usage_counts_nothing_and_no_budget_means_no_events() -> None:
     free = guard(events)
     free.observe(tts(2, chars=10**6))
     assert free.spent == Decimal(50) and events == []
+
+
+def test_the_sessions_own_time_counts_as_it_runs_not_per_checkpoint() -> None:
+    """The agent session minute is priced from the running duration each check (rounded up to the
+    minute, $0.01 on Ship), so a budget sees the second minute begin without waiting for a checkpoint."""
+    events: list[BudgetEvent] = []
+    now_ms = [15_000]
+    g = guard(events, session_cap=Decimal("0.02"), session_time=lambda: now_ms[0], policy=get_policy())
+    g.observe(session_time(15_000).model_copy(update={"meta": {"session_time": True}}))
+    assert (g.spent, g.total) == (0, Decimal("0.01")) and events == []
+    now_ms[0] = 60_001  # the second minute has begun: $0.02, no new record needed
+    g.check()
+    assert g.total == Decimal("0.02")
+    assert [(e.kind, e.spent) for e in events] == [("warning", Decimal("0.02")), ("limit", Decimal("0.02"))]
+    g.observe(tts(1))  # usages add to it: $0.003
+    assert g.total == Decimal("0.023")
+
+
+# -- the options: checked where they are written, a clear error saying what to write ------------------------
+
+
+async def _entry(ctx: Any) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("budget", "-1", "must be a positive amount in USD"),
+        ("budget", "twenty", 'must be an amount in USD such as "0.50"'),
+        ("budget", "NaN", "must be a positive amount"),
+        ("budget", True, "must be an amount in USD"),
+        ("budget", "1e12", "up to 1,000,000,000"),
+        ("customer_budget", [5], "must be an amount in USD"),
+        ("budget_warning", "1.5", "above 0 and at most 1"),
+        ("budget_warning", 0, "above 0 and at most 1"),
+        ("customer_over_budget", "maybe", 'must be "refuse"'),
+        ("on_limit", "stop", "must be a callable"),
+        ("on_budget_warning", 3, "must be a callable"),
+    ],
+)
+def test_a_bad_budget_option_fails_at_decoration_saying_what_to_write(option: str, value: Any, words: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(words)) as info:
+        metered(_entry, **{option: value})
+    assert f"metered({option}=" in str(info.value)
+
+
+def test_budget_options_from_keywords_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = metered(_entry, budget=0.02, customer_budget=lambda customer: None).options
+    resolved = options.resolved_budgets()
+    assert resolved.session == Decimal("0.02") and callable(resolved.customer)
+    assert (resolved.warn_at, resolved.customer_over, resolved.fail_closed) == (Decimal("0.8"), "refuse", False)
+    assert not metered(_entry).options.resolved_budgets().any  # no budget: nothing is checked
+
+    monkeypatch.setenv("LIVEKIT_METERING_SESSION_BUDGET", "0.50")
+    monkeypatch.setenv("LIVEKIT_METERING_CUSTOMER_BUDGET", "100")
+    monkeypatch.setenv("LIVEKIT_METERING_BUDGET_WARNING", "0.9")
+    monkeypatch.setenv("LIVEKIT_METERING_CUSTOMER_OVER_BUDGET", "end")
+    monkeypatch.setenv("LIVEKIT_METERING_BUDGET_FAIL_CLOSED", "true")
+    env = metered(_entry).options.resolved_budgets()
+    assert (env.session, env.customer, env.warn_at) == (Decimal("0.50"), Decimal(100), Decimal("0.9"))
+    assert (env.customer_over, env.fail_closed) == ("end", True)
+    assert metered(_entry, budget="1").options.resolved_budgets().session == Decimal(1)  # the keyword wins
+
+    monkeypatch.setenv("LIVEKIT_METERING_SESSION_BUDGET", "lots")
+    assert metered(_entry).options.resolved_budgets().session is None
+    assert "LIVEKIT_METERING_SESSION_BUDGET='lots'" in caplog.text
