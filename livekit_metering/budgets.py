@@ -408,8 +408,8 @@ class BudgetOptions:
 
 
 class JobBudget:
-    """The budgets of one job: the guard on its meter, the customer check at the start, and what the
-    session's record says when a limit ended it."""
+    """The budgets of one job: the guard on its meter's records, the customer check before the
+    entrypoint runs and once connected, and the limit reached (``reached``) for the final record."""
 
     def __init__(
         self,
