@@ -245,7 +245,7 @@ class BudgetGuard:
         self.policy = policy
         self.spent = Decimal(0)  # this session's usages at list prices, but for its own time (below)
         self._own: MeterRecord | None = None  # the session's own time: priced as it runs, not per checkpoint
-        self._own_quantity = _ZERO
+        self._own_until = -1  # its figure is priced up to this many ms (the end of the increment begun)
         self._own_price = _ZERO
         self.reached: BudgetEvent | None = None  # the first limit reached
         self._prices: dict[str, Decimal] = {}
@@ -284,10 +284,12 @@ class BudgetGuard:
         own = self._own
         if own is None or self.session_time is None or self.policy is None:
             return self.spent
-        quantity = self.policy.quantity(own.resource, self.session_time())
-        if quantity != self._own_quantity:  # a new increment begun (once a minute): price it
-            figure = own.model_copy(update={"quantity": quantity})
-            self._own_quantity, self._own_price = quantity, self.book.price_of(figure, self.plan) or _ZERO
+        elapsed = self.session_time()
+        if elapsed > self._own_until:  # past the increment priced last (once a minute): price the next
+            rule = self.policy.rule(own.resource)
+            self._own_until = rule.billable(elapsed)
+            figure = own.model_copy(update={"quantity": rule.quantity(elapsed)})
+            self._own_price = self.book.price_of(figure, self.plan) or _ZERO
         return self.spent + self._own_price
 
     def check(self, record_id: str = "") -> None:
