@@ -435,7 +435,10 @@ def metered(
     - ``hosting`` (LIVEKIT_METERING_HOSTING): ``cloud``, ``self-hosted-on-cloud`` or ``self-hosted``;
       detected by default (see ``livekit_metering.hosting``);
     - ``phone_numbers`` (LIVEKIT_METERING_PHONE_NUMBERS, comma-separated): the project's LiveKit
-      Phone Numbers, to tell their calls from third-party trunk calls (see ``livekit_metering.telephony``).
+      Phone Numbers, to tell their calls from third-party trunk calls (see ``livekit_metering.telephony``);
+    - ``budget`` (LIVEKIT_METERING_SESSION_BUDGET), ``customer_budget`` (LIVEKIT_METERING_CUSTOMER_BUDGET),
+      ``budget_warning``, ``on_budget_warning``, ``on_limit``, ``customer_over_budget``,
+      ``budget_fail_closed``: a session's and a customer's spending caps (see ``livekit_metering.budgets``).
     """
     options = MeteringOptions(
         file=os.fspath(file) if file is not None else None,
