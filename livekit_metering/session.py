@@ -216,13 +216,18 @@ class SessionMeter(Meter):
         shutdown_reason: str | None = None,
         **detail: str,
     ) -> bool:
-        """An end event happened. The first one ends the session; later ones only add missing details."""
+        """An end event happened. The first one ends the session; later ones only add missing details
+        (and the room's end names the cause of a worker shutdown it caused)."""
         with self._session_lock:
             first = self.ended_at is None
             if first:
                 self.ended_at = self.clock.monotonic() if at is None else at
                 self.end_cause = cause
                 self.end_detail.update(detail)
+            elif cause is EndCause.ROOM_ENDED and self.end_cause is EndCause.WORKER_SHUTDOWN and self.final is None:
+                # A LiveKit server ends the job of a room it deletes or closes through the worker, a few
+                # milliseconds before the room's own disconnect arrives: the room ended it, at the first instant.
+                self.end_cause = cause
         self.note(disconnect_reason=disconnect_reason, shutdown_reason=shutdown_reason)
         if first:
             self._stop_checkpoints()

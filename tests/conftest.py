@@ -2,6 +2,7 @@
 
 LIVEKIT_METERING_TEST_PG        a PostgreSQL URL (a server the tests may create databases on)
 LIVEKIT_METERING_TEST_CHROMIUM  a Chromium executable
+LIVEKIT_METERING_TEST_SERVER    a livekit-server binary (the end-to-end tests start it on loopback)
 LIVEKIT_METERING_REQUIRE_SERVICES=1 makes a missing service a failure instead of a skip (CI sets it).
 """
 
@@ -37,6 +38,12 @@ def chromium_path() -> str:
     if path:
         os.environ.setdefault("LIVEKIT_METERING_TEST_CHROMIUM", path)
     return _service("LIVEKIT_METERING_TEST_CHROMIUM", "Chromium")
+
+
+@pytest.fixture(scope="session")
+def livekit_server_binary() -> str:
+    """A livekit-server executable (.ci/run installs the pinned version with ``go install``)."""
+    return _service("LIVEKIT_METERING_TEST_SERVER", "LiveKit server")
 
 
 @pytest.fixture(scope="module")

@@ -198,6 +198,40 @@ async def test_worker_shutdown_ends_the_session_when_requested(clock: ManualCloc
     assert run.exit_reason == "parent process shutdown"
 
 
+@pytest.mark.parametrize("reason", [rtc.DisconnectReason.ROOM_DELETED, rtc.DisconnectReason.ROOM_CLOSED])
+async def test_a_room_that_ends_through_the_worker_first_is_still_the_end_cause(
+    clock: ManualClock, out: Path, room: FakeRoom, reason: int
+) -> None:
+    # A LiveKit server that deletes or closes a room terminates the room's job through its worker,
+    # and the room's own disconnect reaches the job a few milliseconds later (tests/test_e2e_livekit.py).
+    meters: list[SessionMeter | None] = []
+
+    async def entry(ctx: JobContext) -> None:
+        gone = asyncio.Event()
+        ctx.room.on("disconnected", lambda *_: gone.set())
+        await ctx.connect()
+        clock.advance(30)
+        meters.append(meter_for(ctx))
+        await gone.wait()  # still busy (closing its AgentSession, say) when the room's disconnect arrives
+
+    async def server(room: FakeRoom | None, channel: Any) -> None:
+        await until(lambda: bool(meters))
+        channel.send_nowait(proto.ShutdownRequest())
+        meter = meters[0]
+        assert meter is not None and room is not None
+        await until(lambda: meter.ended)
+        clock.advance(0.005)
+        room.server_disconnects(reason)
+        clock.advance(LATE)
+
+    await run_job(metered(entry, file=out, clock=clock), room=room, during=server)
+
+    record = final_session(out)
+    assert (record.start, record.end) == (at(0), at(30))  # the first end instant stays
+    assert record.meta["end_cause"] == "room_ended"
+    assert record.meta["disconnect_reason"] == rtc.DisconnectReason.Name(reason)
+
+
 async def test_agent_session_connecting_for_the_entrypoint_starts_the_session(clock: ManualClock, out: Path) -> None:
     from livekit_metering.scripted import ScriptedLLM
 

@@ -67,6 +67,25 @@ def test_agent_final_supersedes_a_webhook_close_and_earliest_webhook_close_wins(
         assert end == early_close
 
 
+def test_a_webhook_figure_replacing_the_agents_checkpoint_keeps_the_agents_labels() -> None:
+    # A self-hosted agent killed mid-session: the server's participant_left figure for its connection
+    # replaces its last checkpoint. Only the agent knew its job, customer and that LiveKit bills none of
+    # it (tests/test_e2e_livekit.py meets this against the real server).
+    usage = "participant:PA_1"
+    cp = rec("AJ_1", usage, Resource.CONNECTION, 30_000, seconds=30, status=Status.CHECKPOINT,
+             customer="acme", agent_name="agent", worker_id="AW_1", provider="self-hosted")  # fmt: skip
+    webhook = rec("room:RM_1", usage, Resource.CONNECTION, 95_000, seconds=95, agent_name="agent")
+    webhook = webhook.model_copy(update={"id": cp.id})
+    _, end = fold(Stored(cp), [Stored(webhook, by_webhook=True)])
+    assert end is not None and end.by_webhook and (end.record.raw, end.record.quantity) == (95_000, 2)
+    assert (end.record.session_id, end.record.customer, end.record.worker_id, end.record.provider) == (
+        "AJ_1",
+        "acme",
+        "AW_1",
+        "self-hosted",
+    )
+
+
 # -- stores --------------------------------------------------------------------------------------
 
 

@@ -116,12 +116,13 @@ def _incoming_wins(stored: Stored, incoming: Stored) -> bool | None:
     return None
 
 
-_LABELS = ("session_id", "customer", "agent_name", "worker_id")
+_LABELS = ("session_id", "customer", "agent_name", "worker_id", "provider")
 
 
 def _keep_labels(stored: Stored, incoming: Stored) -> Stored:
     """A webhook form of a usage the agent reported keeps the agent's session and labels (only the agent
-    knows its job and customer); the figures are the webhook's."""
+    knows its job, its customer and its hosting: ``provider="self-hosted"`` on its own LiveKit server,
+    which the webhooks cannot tell); the figures are the webhook's."""
     old, new = stored.record, incoming.record
     update = {k: getattr(old, k) for k in _LABELS if getattr(old, k) and getattr(old, k) != getattr(new, k)}
     return Stored(new.model_copy(update=update), by_webhook=True) if update else incoming
