@@ -7,7 +7,7 @@ checkpoint replaces its earlier figure), and the running total compared with the
 (``budget_warning``, a fraction of the cap, 0.8 by default) and with the cap. Crossing the warning
 calls ``on_budget_warning(ctx, event)`` once (default: a log line); reaching the cap calls
 ``on_limit(ctx, event)`` once (default: :func:`end_after_utterance`). The check is a few dictionary
-lookups and Decimal additions on the recording thread; the callbacks run as tasks on the job's
+lookups and Decimal additions where the record is written (no I/O); the callbacks run as tasks on the job's
 event loop, never on the record's path.
 
 **Customer budget** (``customer_budget=``, ``LIVEKIT_METERING_CUSTOMER_BUDGET``): a monthly cap per
