@@ -10,7 +10,7 @@ What is metered, per session (one job):
 - agent session minutes, from the moment the agent connects until the room ends or it leaves
   (``@metered``), each session rounded up to whole minutes;
 - STT seconds, LLM input/cached/output tokens and TTS characters, one record per request, from the
-  wrapped models (``MeteredSTT``, ``MeteredLLM``, ``MeteredTTS``) with the model ids LiveKit bills.
+  models metered in place (``MeteredSTT``, ``MeteredLLM``, ``MeteredTTS``) with the model ids LiveKit bills.
 At the end of the session a cost line is logged; the records go to the collector through a durable
 outbox on disk, so a crash or a collector outage loses nothing.
 """
@@ -41,7 +41,7 @@ class Assistant(Agent):
 
 
 def build_session() -> AgentSession:
-    """The session's models, each wrapped so every request is metered; they behave exactly as unwrapped."""
+    """The session's models, each metered in place: the same objects, every request metered."""
     return AgentSession(
         vad=inference.VAD(),
         stt=MeteredSTT(inference.STT(model=STT_MODEL, language="en")),

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from .records import UNIT_SIZE, MeterRecord, Resource, Unit, latest_forms
+from .records import REALTIME_RESOURCES, UNIT_SIZE, MeterRecord, Resource, Unit, latest_forms
 
 __all__ = ["SessionSummary", "cost_line", "log_summary", "summarize"]
 
@@ -57,6 +57,9 @@ class SessionSummary(BaseModel):
     observability_events: int = 0
     recorded_audio_minutes: Money = Decimal(0)
     voice_isolation_minutes: Money = Decimal(0)
+    # realtime models and their transcription, by resource name (realtime_input_audio, ...):
+    # billable tokens, or seconds for realtime_session
+    realtime: dict[str, Money] = Field(default_factory=dict)
     cost: Money | None = None
     unpriced: list[str] = Field(default_factory=list)
     plan: str = "ship"
@@ -111,6 +114,9 @@ def summarize(
             fields["llm_output_tokens"] = fields.get("llm_output_tokens", 0) + record.raw
         elif record.resource is Resource.TTS:
             fields["tts_characters"] = fields.get("tts_characters", 0) + record.raw
+        elif record.resource in REALTIME_RESOURCES:
+            realtime = fields.setdefault("realtime", {})
+            realtime[record.resource.value] = realtime.get(record.resource.value, Decimal(0)) + record.quantity
     for name, quantity in room.items():
         fields[name] = int(quantity) if name == "observability_events" else quantity.normalize()
     fields["billed_minutes"] = _exact_or_rounded(Decimal(billed_ms) / _MINUTE_MS)
@@ -195,6 +201,9 @@ def cost_line(summary: SessionSummary) -> str:
         f"llm_tokens_out={summary.llm_output_tokens}",
         f"tts_chars={summary.tts_characters}",
     ]
+    for name in sorted(summary.realtime, key=[r.value for r in Resource].index):
+        key = f"{name}_seconds" if name == Resource.REALTIME_SESSION.value else name
+        parts.append(f"{key}={format(summary.realtime[name].normalize(), 'f')}")
     # The room's usage, where there is some (so a plain session's line stays as short as it was).
     for name in _ROOM_FIELDS.values():
         value = getattr(summary, name)

@@ -5,8 +5,8 @@ What runs is the production path, with only the LiveKit server and the paid prov
 - livekit-agents' real ``AgentServer`` (unregistered, as in ``dev``/``console``) launches a job with
   ``simulate_job`` into its real job runner (THREAD executor, so it stays in this process);
 - the job's entrypoint is wrapped by ``metered`` and runs a real ``AgentSession`` whose STT, LLM
-  and TTS are the scripted models of ``livekit_metering.scripted``, wrapped by ``MeteredSTT``,
-  ``MeteredLLM`` and ``MeteredTTS``, with a scripted caller speaking through a fake microphone;
+  and TTS are the scripted models of ``livekit_metering.scripted``, metered in place by
+  ``MeteredSTT``, ``MeteredLLM`` and ``MeteredTTS``, with a scripted caller speaking through a fake microphone;
 - every record goes through the durable outbox (SQLite on disk) to an embedded collector on
   127.0.0.1, backed by SQLite, signed with a key pair generated for the run;
 - the same call runs twice: with the agent deployed to LiveKit Cloud (billed as agent session

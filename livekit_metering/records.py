@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "REALTIME_RESOURCES",
     "RESOURCE_BASE_UNIT",
     "UNIT_BASE",
     "UNIT_SIZE",
@@ -70,6 +71,23 @@ class Resource(str, Enum):
     VOICE_ISOLATION = "voice_isolation"
     PHONE_NUMBER = "phone_number"  # US local number-months
     PHONE_NUMBER_TOLL_FREE = "phone_number_toll_free"
+    # Realtime (speech-to-speech) models: tokens per response by modality, uncached and cached
+    # apart (each input token counted once), and the session's connection time for models billed by time
+    REALTIME_INPUT_TEXT = "realtime_input_text"
+    REALTIME_INPUT_AUDIO = "realtime_input_audio"
+    REALTIME_INPUT_IMAGE = "realtime_input_image"
+    REALTIME_INPUT_CACHED_TEXT = "realtime_input_cached_text"
+    REALTIME_INPUT_CACHED_AUDIO = "realtime_input_cached_audio"
+    REALTIME_INPUT_CACHED_IMAGE = "realtime_input_cached_image"
+    REALTIME_OUTPUT_TEXT = "realtime_output_text"
+    REALTIME_OUTPUT_AUDIO = "realtime_output_audio"
+    REALTIME_SESSION = "realtime_session"
+    TRANSCRIPTION_INPUT = "transcription_input"  # input-audio transcription billed apart, by tokens
+    TRANSCRIPTION_OUTPUT = "transcription_output"
+
+
+# what a realtime (speech-to-speech) model's usage is recorded as
+REALTIME_RESOURCES = frozenset(r for r in Resource if r.name.startswith(("REALTIME_", "TRANSCRIPTION_")))
 
 
 class BaseUnit(str, Enum):
@@ -125,6 +143,17 @@ RESOURCE_BASE_UNIT: dict[Resource, BaseUnit] = {
     Resource.VOICE_ISOLATION: _TIME,
     Resource.PHONE_NUMBER: BaseUnit.NUMBER_MONTH,
     Resource.PHONE_NUMBER_TOLL_FREE: BaseUnit.NUMBER_MONTH,
+    Resource.REALTIME_INPUT_TEXT: BaseUnit.TOKEN,
+    Resource.REALTIME_INPUT_AUDIO: BaseUnit.TOKEN,
+    Resource.REALTIME_INPUT_IMAGE: BaseUnit.TOKEN,
+    Resource.REALTIME_INPUT_CACHED_TEXT: BaseUnit.TOKEN,
+    Resource.REALTIME_INPUT_CACHED_AUDIO: BaseUnit.TOKEN,
+    Resource.REALTIME_INPUT_CACHED_IMAGE: BaseUnit.TOKEN,
+    Resource.REALTIME_OUTPUT_TEXT: BaseUnit.TOKEN,
+    Resource.REALTIME_OUTPUT_AUDIO: BaseUnit.TOKEN,
+    Resource.REALTIME_SESSION: _TIME,
+    Resource.TRANSCRIPTION_INPUT: BaseUnit.TOKEN,
+    Resource.TRANSCRIPTION_OUTPUT: BaseUnit.TOKEN,
 }
 
 # How many base units one billing unit holds. 1 GB is 10^9 bytes (LiveKit's billing docs: 1 GB = 1000 MB).

@@ -83,6 +83,10 @@ class FakeLLM(llm.LLM):
     def provider(self) -> str:
         return self._provider
 
+    def update_options(self, **options: Any) -> None:
+        for name, value in options.items():
+            setattr(self, name, value)
+
     def chat(
         self,
         *,
@@ -140,6 +144,7 @@ class FakeSTT(stt.STT):
         usage_every: float = 1.0,
         usage_only_at_end: bool = False,
         fail: bool = False,
+        fail_attempts: int = 0,
         report_usage: bool = True,
         model: str = "fake-stt-1",
         provider: str = "fakeprovider",
@@ -150,6 +155,8 @@ class FakeSTT(stt.STT):
         self.usage_every = usage_every
         self.usage_only_at_end = usage_only_at_end
         self.fail = fail
+        self.fail_attempts = fail_attempts  # the first N streams drop with a retryable error
+        self.attempts = 0  # streams (connections) the provider saw
         self._model = model
         self._provider = provider
         self.received = 0.0
@@ -163,6 +170,10 @@ class FakeSTT(stt.STT):
     @property
     def provider(self) -> str:
         return self._provider
+
+    def update_options(self, **options: Any) -> None:
+        for name, value in options.items():
+            setattr(self, name, value)
 
     async def _recognize_impl(
         self,
@@ -205,10 +216,14 @@ class _FakeRecognizeStream(stt.RecognizeStream):
         fake: FakeSTT = self._stt  # type: ignore[assignment]
         rid = utils.shortuuid("stt-")
         pending = total = 0.0
+        fake.attempts += 1
+        attempt = fake.attempts
         try:
             async for data in self._input_ch:
                 if fake.fail:
                     raise APIConnectionError("fake stt failure", retryable=False)
+                if attempt <= fake.fail_attempts:
+                    raise APIConnectionError("fake stt connection dropped", retryable=True)
                 if isinstance(data, rtc.AudioFrame):
                     pending += data.duration
                     total += data.duration
@@ -313,6 +328,7 @@ class FakeTTS(tts.TTS):
         super().__init__(capabilities=tts.TTSCapabilities(streaming=streaming), sample_rate=sample_rate, num_channels=1)
         self.chunk_delay = chunk_delay
         self.received_chars = 0
+        self.streams = 0  # streams the provider served (recovery probes included)
         self.fail = fail
         self.seconds_per_char = seconds_per_char
         self._model = model
@@ -335,6 +351,11 @@ class FakeTTS(tts.TTS):
         if not self.capabilities.streaming:
             raise NotImplementedError
         return _FakeSynthesizeStream(tts=self, conn_options=conn_options)
+
+    def update_options(self, **options: Any) -> None:
+        """Like a plugin's update_options(): change how the provider behaves from now on."""
+        for name, value in options.items():
+            setattr(self, name, value)
 
     def pcm_for(self, text: str) -> bytes:
         return b"\x00\x00" * int(len(text) * self.seconds_per_char * self.sample_rate)
@@ -367,11 +388,14 @@ class _FakeSynthesizeStream(tts.SynthesizeStream):
         )
         output_emitter.start_segment(segment_id=utils.shortuuid())
         buf = ""
+        fake.streams += 1
         async for data in self._input_ch:
             if isinstance(data, str):
                 self._mark_started()
                 fake.received_chars += len(data)  # the provider receives (and bills) text as it is sent
                 buf += data
+                if fake.fail:  # then drops the connection
+                    raise APIConnectionError("fake tts stream failure", retryable=False)
             else:
                 if fake.chunk_delay:
                     await asyncio.sleep(fake.chunk_delay)

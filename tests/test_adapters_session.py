@@ -10,7 +10,7 @@ from fakes import FakeLLM, FakeTTS, FakeUtteranceSTT, MemoryExporter, RaisingExp
 from livekit.agents import Agent, AgentSession
 from livekit.agents.testing import fake_job_context
 
-from livekit_metering.adapters import MeteredLLM, MeteredSTT, MeteredTTS, meter_session_models, metered_models
+from livekit_metering.adapters import is_metered, meter_session_models, metered_models
 from livekit_metering.meter import Meter, use_meter
 from livekit_metering.records import Resource, Status
 from livekit_metering.scripted import FakeAudioInput, FakeAudioOutput
@@ -88,9 +88,9 @@ async def test_meter_session_models_wraps_in_place_and_uses_the_current_meter() 
     session = AgentSession(
         stt=FakeUtteranceSTT(), llm=FakeLLM(), tts=FakeTTS(streaming=False), turn_handling=TURN_HANDLING
     )
+    models = (session.stt, session.llm, session.tts)
     meter_session_models(session)
-    assert isinstance(session.stt, MeteredSTT) and isinstance(session.llm, MeteredLLM)
-    assert isinstance(session.tts, MeteredTTS)
+    assert (session.stt, session.llm, session.tts) == models and all(map(is_metered, models))
     with use_meter(meter):  # what `metered` does for a job
         await _one_voice_turn(session)
     assert {r.resource for r in meter.records} >= {Resource.STT, Resource.LLM_INPUT, Resource.LLM_OUTPUT, Resource.TTS}
@@ -102,7 +102,7 @@ async def test_meter_session_models_refuses_a_started_session() -> None:
             await session.start(Agent(instructions="x"))
             with pytest.raises(RuntimeError, match=r"before session\.start\(\)"):
                 meter_session_models(session)
-            assert not isinstance(session.llm, MeteredLLM)  # nothing changed
+            assert not is_metered(session.llm)  # nothing changed
 
 
 @pytest.mark.slow

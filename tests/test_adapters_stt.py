@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from fakes import FakeBatchSTT, FakeSTT, FakeVAD, MemoryExporter, RaisingExporter, silence
+from harness.jobproc import ManualClock
 from livekit.agents import APIConnectionError, inference, stt
 from livekit.agents.metrics import ModelUsageCollector
 
@@ -90,6 +92,31 @@ async def test_stream_bills_connection_time_and_keeps_audio_and_provider_seconds
     assert rec.quantity == Decimal(-(-rec.raw // 1000))
 
 
+class ClockedMeter(Meter):
+    """A meter with a clock the test moves by hand, as a job's SessionMeter has (metered(clock=...))."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(session_id="AJ_test", exporter=MemoryExporter())
+        self.clock = clock
+
+
+async def test_a_connection_open_longer_than_its_audio_bills_the_connection_time() -> None:
+    clock = ManualClock()
+    meter = ClockedMeter(clock)
+    inner = FakeSTT(report_usage=False)
+    stream = MeteredSTT(inner, meter=meter).stream()
+    for frame in silence(0.2):  # 0.2 s of audio, then the connection stays open, silent
+        stream.push_frame(frame)
+    await asyncio.sleep(0.02)
+    clock.advance(61.5)
+    await stream.aclose()
+    (rec,) = meter.records
+    assert rec.meta["audio_ms"] == 200 == round(inner.received * 1000)
+    assert rec.raw == rec.meta["connection_ms"] == 61_500 and rec.meta["basis"] == "connection"
+    assert rec.quantity == Decimal(62)  # billing only the audio would give 1 second
+    assert rec.end - rec.start == timedelta(seconds=61.5)
+
+
 async def test_stream_without_provider_usage_is_still_billed() -> None:
     meter = _meter()
     collector = ModelUsageCollector()
@@ -144,13 +171,20 @@ async def test_fallback_adapter_stream_is_billed_to_the_child_that_served() -> N
     meter = _meter()
     primary = FakeSTT(fail=True, model="primary-stt", provider="alpha")
     backup = FakeSTT(model="backup-stt", provider="beta")
-    model = MeteredSTT(stt.FallbackAdapter([primary, backup], retry_interval=0.0), meter=meter)
+    adapter = stt.FallbackAdapter([primary, backup], retry_interval=0.0)
+    model = MeteredSTT(adapter, meter=meter)
     await _stream_audio(model, 0.5, pace=0.001)
-    by_model = {r.model: r for r in meter.records if r.status is Status.OK}
-    assert set(by_model) == {"backup-stt"} and by_model["backup-stt"].provider == "beta"
-    assert by_model["backup-stt"].meta["audio_ms"] == round(backup.received * 1000) > 0
-    failed = [r for r in meter.records if r.status is Status.ERROR]
-    assert failed and {(r.model, r.provider) for r in failed} == {("primary-stt", "alpha")}
+    await adapter.aclose()
+    records = [(r.model, r.provider, r.status, r.meta["outcome"]) for r in meter.records]
+    # the failed stream, its recovery probe (a connection too, failed on the audio forwarded to it),
+    # and the stream that served
+    assert sorted(records) == [
+        ("backup-stt", "beta", Status.OK, "closed"),
+        ("primary-stt", "alpha", Status.ERROR, "error"),
+        ("primary-stt", "alpha", Status.ERROR, "error"),
+    ]
+    (served,) = [r for r in meter.records if r.model == "backup-stt"]
+    assert served.meta["audio_ms"] == round(backup.received * 1000) > 0
 
 
 async def test_broken_exporter_does_not_break_recognition() -> None:
@@ -166,9 +200,9 @@ def test_livekit_inference_stt_keeps_provider_model_and_language() -> None:
     assert (model.model, model.provider) == ("deepgram/nova-3", "livekit")
     from livekit_metering.adapters._usage import Attribution
 
-    who = Attribution.of(model.wrapped, speech=True)
+    who = Attribution.of(model, speech=True)
     assert (who.model, who.provider, who.language) == ("deepgram/nova-3", "livekit", "multi")
-    assert Attribution.of(model.wrapped, "fr", speech=True).language == "fr"  # a language passed to stream() wins
+    assert Attribution.of(model, "fr", speech=True).language == "fr"  # a language passed to stream() wins
 
 
 async def test_stream_records_carry_the_language_of_the_request() -> None:

@@ -138,12 +138,17 @@ async def test_fallback_adapter_usage_is_billed_to_the_child_that_served() -> No
     meter = _meter()
     primary = FakeTTS(streaming=False, fail=True, model="primary-tts", provider="alpha")
     backup = FakeTTS(streaming=False, model="backup-tts", provider="beta")
-    model = MeteredTTS(tts.FallbackAdapter([primary, backup], max_retry_per_tts=0), meter=meter)
+    adapter = tts.FallbackAdapter([primary, backup], max_retry_per_tts=0)
+    model = MeteredTTS(adapter, meter=meter)
     await model.synthesize(TEXT).collect()
-    await asyncio.sleep(0.05)
+    probe = adapter._status[0].recovering_synthesize_task  # the recovery probe: a billed request too
+    assert probe is not None
+    await probe
     served = [r for r in meter.records if r.status is Status.OK]
     assert [(r.model, r.provider, r.raw) for r in served] == [("backup-tts", "beta", len(TEXT))]
-    assert {(r.model, r.status) for r in meter.records if r not in served} <= {("primary-tts", Status.ERROR)}
+    # the failed request and its recovery probe, each billed for the text it sent
+    failed = [(r.model, r.provider, r.raw, r.status) for r in meter.records if r not in served]
+    assert failed == [("primary-tts", "alpha", len(TEXT), Status.ERROR)] * 2
 
 
 async def test_broken_exporter_does_not_break_synthesis() -> None:
@@ -158,12 +163,10 @@ async def test_broken_exporter_does_not_break_synthesis() -> None:
 
 
 def test_livekit_inference_tts_keeps_provider_and_model() -> None:
-    model = MeteredTTS(inference.TTS("cartesia/sonic-3", api_key="k" * 32, api_secret="s" * 32))
-    assert (model.model, model.provider, model.sample_rate) == (
-        "cartesia/sonic-3",
-        "livekit",
-        model.wrapped.sample_rate,
-    )
+    bare = inference.TTS("cartesia/sonic-3", api_key="k" * 32, api_secret="s" * 32)
+    sample_rate = bare.sample_rate
+    model = MeteredTTS(bare)
+    assert (model.model, model.provider, model.sample_rate) == ("cartesia/sonic-3", "livekit", sample_rate)
 
 
 async def test_wrapping_a_metered_model_again_does_not_count_twice() -> None:
@@ -176,3 +179,19 @@ async def test_wrapping_a_metered_model_again_does_not_count_twice() -> None:
         pass
     await stream.aclose()
     assert _chars(meter) == inner.received_chars == len(TEXT)
+
+
+class StreamBackedTTS(FakeTTS):
+    """synthesize() built on the model's own stream(), as LiveKit Inference's TTS does."""
+
+    def synthesize(self, text: str, *, conn_options: Any = tts.tts.DEFAULT_API_CONNECT_OPTIONS) -> tts.ChunkedStream:
+        return self._synthesize_with_stream(text, conn_options=conn_options)
+
+
+async def test_synthesize_built_on_the_models_own_stream_is_billed_once() -> None:
+    meter = _meter()
+    inner = StreamBackedTTS(streaming=True)
+    await MeteredTTS(inner, meter=meter).synthesize(TEXT).collect()
+    await asyncio.sleep(0)
+    assert [(r.raw, r.meta["mode"]) for r in meter.records] == [(len(TEXT), "synthesize")]
+    assert inner.received_chars == len(TEXT)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from usage_samples import month_of_sessions
 
-from livekit_metering.adapters import MeteredLLM, MeteredSTT, MeteredTTS
+from livekit_metering.adapters import is_metered
 from livekit_metering.entrypoint import MeteredEntrypoint
 from livekit_metering.export import FileExporter
 from livekit_metering.pricing import PriceBook
@@ -54,10 +54,10 @@ async def test_voice_agent_models_are_liveKit_inference_wrapped(monkeypatch: pyt
     module = load("voice_agent")
     session = module.build_session()
     try:
-        assert isinstance(session.stt, MeteredSTT) and isinstance(session.stt.wrapped, inference.STT)
-        assert isinstance(session.llm, MeteredLLM) and isinstance(session.llm.wrapped, inference.LLM)
-        assert isinstance(session.tts, MeteredTTS) and isinstance(session.tts.wrapped, inference.TTS)
-        # The wrappers show the wrapped model's identity, which is also the id the price book knows.
+        assert isinstance(session.stt, inference.STT) and is_metered(session.stt)
+        assert isinstance(session.llm, inference.LLM) and is_metered(session.llm)
+        assert isinstance(session.tts, inference.TTS) and is_metered(session.tts)
+        # The models keep their identity, which is also the id the price book knows.
         assert session.llm.model == module.LLM_MODEL
         book = PriceBook.bundled()
         for model in (module.STT_MODEL, module.LLM_MODEL, module.TTS_MODEL):

@@ -11,11 +11,12 @@ from pricing_month import LK, rec
 
 from livekit_metering import InvalidPriceBook, PriceBook, UnknownPlan
 from livekit_metering.pricing import Kind
-from livekit_metering.records import Resource, Status
+from livekit_metering.records import REALTIME_RESOURCES, Resource, Status
 
 BOOK = PriceBook.bundled()
 NOV = datetime(2026, 11, 10, 12, tzinfo=timezone.utc)
 INFERENCE = {Resource.STT, Resource.LLM_INPUT, Resource.LLM_INPUT_CACHED, Resource.LLM_OUTPUT, Resource.TTS}
+INFERENCE |= REALTIME_RESOURCES  # priced per model too
 
 
 # -- bundled data ---------------------------------------------------------------------------------

@@ -159,6 +159,17 @@ source = "test"
   voice_isolation = { unit = "minute", increment = 60000 }
   phone_number = { unit = "number_month", increment = 1 }
   phone_number_toll_free = { unit = "number_month", increment = 1 }
+  realtime_input_text = { unit = "token", increment = 1 }
+  realtime_input_audio = { unit = "token", increment = 1 }
+  realtime_input_image = { unit = "token", increment = 1 }
+  realtime_input_cached_text = { unit = "token", increment = 1 }
+  realtime_input_cached_audio = { unit = "token", increment = 1 }
+  realtime_input_cached_image = { unit = "token", increment = 1 }
+  realtime_output_text = { unit = "token", increment = 1 }
+  realtime_output_audio = { unit = "token", increment = 1 }
+  realtime_session = { unit = "second", increment = 1000 }
+  transcription_input = { unit = "token", increment = 1 }
+  transcription_output = { unit = "token", increment = 1 }
 """
 
 

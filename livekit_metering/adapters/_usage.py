@@ -1,6 +1,6 @@
-"""What the three adapters share: where a usage is recorded, when it happened, who served it.
+"""What every model's metering shares: where a usage is recorded, when it happened, who served it.
 
-Measurement only: the adapters hand raw amounts (ms, tokens, characters) to a ``Meter``, which
+Measurement only: the hooks hand raw amounts (ms, tokens, characters) to a ``Meter``, which
 rounds, builds and exports the record. Nothing here may raise into the agent.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from ..meter import Meter, current_meter
 from ..records import Resource, Status
@@ -21,17 +21,34 @@ logger = logging.getLogger("livekit_metering.adapters")
 Meta = dict[str, str | int | bool]
 
 
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
 class Span:
-    """The time of one usage: monotonic for the duration, stamped with UTC wall time."""
+    """The time of one usage: monotonic for the duration, stamped with UTC wall time.
 
-    __slots__ = ("_mono", "start")
+    The clock is the meter's when it has one (a job's ``SessionMeter``), so a usage and the
+    session it belongs to are timed alike; else the system's.
+    """
 
-    def __init__(self) -> None:
-        self.start = datetime.now(timezone.utc)
-        self._mono = time.monotonic()
+    __slots__ = ("_clock", "_mono", "start")
+
+    def __init__(self, meter: Meter | None = None) -> None:
+        clock: Clock | None = getattr(meter, "clock", None)
+        self._clock = clock
+        if clock is None:
+            self.start = datetime.now(timezone.utc)
+            self._mono = time.monotonic()
+        else:
+            self.start = datetime.fromtimestamp(clock.time(), timezone.utc)
+            self._mono = clock.monotonic()
 
     def elapsed_ms(self) -> int:
-        return max(0, round((time.monotonic() - self._mono) * 1000))
+        now = time.monotonic() if self._clock is None else self._clock.monotonic()
+        return max(0, round((now - self._mono) * 1000))
 
     def end(self) -> datetime:
         return self.start + timedelta(milliseconds=self.elapsed_ms())
@@ -123,34 +140,6 @@ def never_raises(what: str) -> Iterator[None]:
         yield
     except Exception:
         logger.exception("livekit-metering failed while %s", what)
-
-
-class Forwarder:
-    """Re-emits chosen events of a wrapped model on its wrapper, unchanged (like FallbackAdapter).
-
-    ``metrics_collected`` and ``error`` pass through as they are, so ``session.usage``, session
-    reports and the session's error handling see exactly what the wrapped model emits, once.
-    """
-
-    def __init__(self, source: Any, target: Any, events: tuple[str, ...]) -> None:
-        self._source = source
-        self._handlers: dict[str, Callable[..., None]] = {}
-        for event in events:
-            handler = self._make(target, event)
-            self._handlers[event] = handler
-            source.on(event, handler)
-
-    @staticmethod
-    def _make(target: Any, event: str) -> Callable[..., None]:
-        def _forward(*args: Any) -> None:
-            target.emit(event, *args)
-
-        return _forward
-
-    def close(self) -> None:
-        for event, handler in self._handlers.items():
-            self._source.off(event, handler)
-        self._handlers.clear()
 
 
 def status_of(task: Any) -> tuple[Status, str]:

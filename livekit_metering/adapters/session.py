@@ -7,9 +7,8 @@ from typing import Any
 from livekit.agents import inference, llm, stt, tts
 
 from ..meter import Meter
-from .llm import MeteredLLM
-from .stt import DEFAULT_CHECKPOINT_INTERVAL, MeteredSTT
-from .tts import MeteredTTS
+from .instrument import instrument
+from .stt import DEFAULT_CHECKPOINT_INTERVAL
 
 __all__ = ["meter_session_models", "metered_models"]
 
@@ -17,25 +16,26 @@ __all__ = ["meter_session_models", "metered_models"]
 def metered_models(
     *,
     stt: stt.STT[Any] | str | None = None,
-    llm: llm.LLM[Any] | str | None = None,
+    llm: llm.LLM[Any] | llm.RealtimeModel | llm.DuplexModel | str | None = None,
     tts: tts.TTS[Any] | str | None = None,
     meter: Meter | None = None,
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
 ) -> dict[str, Any]:
-    """The given models, metered, as keyword arguments for ``AgentSession``.
+    """The given models, metered in place, as keyword arguments for ``AgentSession``.
 
     ``AgentSession(**metered_models(stt="deepgram/nova-3:multi", llm=my_llm, tts=my_tts), vad=...)``.
-    Model strings are LiveKit Inference models, built the way ``AgentSession`` builds them.
+    Model strings are LiveKit Inference models, built the way ``AgentSession`` builds them
+    (``llm="openai/gpt-realtime"`` is a realtime model, ``"openai/gpt-live-1"`` a duplex one).
     Models left out are left out of the result, so the session's defaults still apply.
     """
+    options: dict[str, Any] = {"meter": meter, "checkpoint_interval": checkpoint_interval}
     models: dict[str, Any] = {}
     if stt is not None:
-        model = inference.STT.from_model_string(stt) if isinstance(stt, str) else stt
-        models["stt"] = _wrap(model, meter=meter, checkpoint_interval=checkpoint_interval)
+        models["stt"] = instrument(inference.STT.from_model_string(stt) if isinstance(stt, str) else stt, **options)
     if llm is not None:
-        models["llm"] = _wrap(inference.llm_from_model_string(llm) if isinstance(llm, str) else llm, meter=meter)
+        models["llm"] = instrument(inference.llm_from_model_string(llm) if isinstance(llm, str) else llm, **options)
     if tts is not None:
-        models["tts"] = _wrap(inference.TTS.from_model_string(tts) if isinstance(tts, str) else tts, meter=meter)
+        models["tts"] = instrument(inference.TTS.from_model_string(tts) if isinstance(tts, str) else tts, **options)
     return models
 
 
@@ -45,34 +45,18 @@ def meter_session_models(
     meter: Meter | None = None,
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
 ) -> Any:
-    """Wrap the STT, LLM and TTS of an ``AgentSession`` in place, before ``session.start()``.
+    """Meter the STT, LLM (or realtime model) and TTS of an ``AgentSession`` in place, before
+    ``session.start()``; they stay the session's own objects. Returns the session.
 
-    Models already metered are left as they are; a realtime model is not a ``llm.LLM`` and is
-    left unmetered. Models given to an ``Agent`` rather than to the session are not touched: wrap
-    those with ``metered_models`` or the Metered classes. Returns the session.
+    Models given to an ``Agent`` rather than to the session are not touched: meter those with
+    ``metered_models`` or the Metered functions.
     """
     if getattr(session, "_started", False):
         raise RuntimeError(
-            "meter_session_models(session) must be called before session.start(): the running "
-            "agent activity has already subscribed to the unmetered models"
+            "meter_session_models(session) must be called before session.start(): the models' "
+            "streams and realtime session are open already, and would go unmetered"
         )
-    if session._stt is not None:
-        session._stt = _wrap(session._stt, meter=meter, checkpoint_interval=checkpoint_interval)
-    if isinstance(session._llm, llm.LLM):
-        session._llm = _wrap(session._llm, meter=meter)
-    if session._tts is not None:
-        session._tts = _wrap(session._tts, meter=meter)
+    for model in (session._stt, session._llm, session._tts):
+        if model is not None:
+            instrument(model, meter=meter, checkpoint_interval=checkpoint_interval)
     return session
-
-
-def _wrap(model: Any, **kwargs: Any) -> Any:
-    if isinstance(model, (MeteredSTT, MeteredLLM, MeteredTTS)):
-        return model
-    if isinstance(model, stt.STT):
-        return MeteredSTT(model, **kwargs)
-    kwargs.pop("checkpoint_interval", None)
-    if isinstance(model, llm.LLM):
-        return MeteredLLM(model, **kwargs)
-    if isinstance(model, tts.TTS):
-        return MeteredTTS(model, **kwargs)
-    raise TypeError(f"cannot meter {type(model).__name__}: expected a livekit-agents STT, LLM or TTS")

@@ -238,7 +238,7 @@ def _inference_lines(
     order = list(Resource)
     scale_note = plan == "scale"
     for (resource, label, _), (row, used) in sorted(groups.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
-        per = row.per if row else {Resource.STT: "minute", Resource.TTS: "1M characters"}.get(resource, "1M tokens")
+        per = row.per if row else _UNPRICED_PER.get(resource, "1M tokens")
         unit, size = _display(per, used)
         description = f"{label} {resource.value.replace('_', ' ')}"
         exact = None if row is None else row.amount(used)
@@ -268,6 +268,10 @@ def _inference_lines(
             )
         )
     return lines, sorted(set(unpriced)), used_rows
+
+
+# the unit an unpriced model's usage is shown in
+_UNPRICED_PER = {Resource.STT: "minute", Resource.TTS: "1M characters", Resource.REALTIME_SESSION: "minute"}
 
 
 def _via_livekit(record: MeterRecord) -> bool:

@@ -7,7 +7,12 @@ A price file has up to five kinds of tables (see ``data/*.toml`` for the bundled
   ``price``, ``per``, ``pool``;
 - ``[[stt]]``, ``[[tts]]``: ``model``, ``aliases``, ``language``, ``price``, ``scale_price``,
   ``provider`` (``livekit`` for LiveKit Inference, the default), ``plan``;
-- ``[[llm]]``: as above with ``input``, ``cached``, ``output`` instead of ``price``.
+- ``[[llm]]``: as above with ``input``, ``cached``, ``output`` instead of ``price``;
+- ``[[realtime]]``: ``model``, ``provider``, ``plan`` and a price per modality, each optional
+  (USD per 1M tokens): ``input_text``, ``input_audio``, ``input_image``, ``cached_text``,
+  ``cached_audio``, ``cached_image``, ``output_text``, ``output_audio``, ``transcription_input``,
+  ``transcription_output``; and ``session`` (USD per ``session_per``, a minute by default) for
+  models billed by connection time.
 
 Every row needs ``effective`` (a TOML date) and ``source`` (where the price came from). Money is a
 decimal string (``"0.0048"``) or an integer, never a TOML float; ``"unpriced"`` says that no price
@@ -34,14 +39,28 @@ else:  # pragma: no cover
 __all__ = ["parse_price_toml"]
 
 _COMMON = {"effective", "source", "note"}
+_REALTIME_PARTS = {
+    "input_text": Resource.REALTIME_INPUT_TEXT,
+    "input_audio": Resource.REALTIME_INPUT_AUDIO,
+    "input_image": Resource.REALTIME_INPUT_IMAGE,
+    "cached_text": Resource.REALTIME_INPUT_CACHED_TEXT,
+    "cached_audio": Resource.REALTIME_INPUT_CACHED_AUDIO,
+    "cached_image": Resource.REALTIME_INPUT_CACHED_IMAGE,
+    "output_text": Resource.REALTIME_OUTPUT_TEXT,
+    "output_audio": Resource.REALTIME_OUTPUT_AUDIO,
+    "transcription_input": Resource.TRANSCRIPTION_INPUT,
+    "transcription_output": Resource.TRANSCRIPTION_OUTPUT,
+    "session": Resource.REALTIME_SESSION,
+}
 _FIELDS: dict[str, set[str]] = {
     "plan": _COMMON | {"id", "name", "fee", "inference_credits", "hard_caps"},
     "resource": _COMMON | {"plan", "resource", "included", "price", "per", "pool"},
     "stt": _COMMON | {"model", "aliases", "language", "price", "scale_price", "provider", "plan", "per"},
     "tts": _COMMON | {"model", "aliases", "price", "scale_price", "provider", "plan", "per"},
     "llm": _COMMON | {"model", "aliases", "input", "cached", "output", "provider", "plan", "per"},
+    "realtime": _COMMON | {"model", "aliases", "provider", "plan", "per", "session_per"} | set(_REALTIME_PARTS),
 }
-_DEFAULT_PER = {"stt": "minute", "tts": "1M characters", "llm": "1M tokens"}
+_DEFAULT_PER = {"stt": "minute", "tts": "1M characters", "llm": "1M tokens", "realtime": "1M tokens"}
 _LLM_PARTS = {"input": Resource.LLM_INPUT, "cached": Resource.LLM_INPUT_CACHED, "output": Resource.LLM_OUTPUT}
 UNPRICED = "unpriced"
 
@@ -222,6 +241,8 @@ def _model_rows(row: _Row, plans: Mapping[str, Plan]) -> list[PriceRow]:
         "note": row.text("note", required=False),
         "origin": row.origin,
     }
+    if row.table == "realtime":
+        return _realtime_rows(row, plan, common)
     if row.table == "llm":
         per = row.per(Resource.LLM_INPUT, _DEFAULT_PER["llm"])
         if not any(part in row.data for part in _LLM_PARTS):
@@ -243,6 +264,30 @@ def _model_rows(row: _Row, plans: Mapping[str, Plan]) -> list[PriceRow]:
     return rows
 
 
+def _realtime_rows(row: _Row, plan: str | None, common: dict[str, Any]) -> list[PriceRow]:
+    """One row per modality the table prices (``"unpriced"`` says no public price is known)."""
+    parts = [part for part in _REALTIME_PARTS if part in row.data]
+    if not parts:
+        raise row.fail("input_text", f"a [[realtime]] row needs at least one price of {sorted(_REALTIME_PARTS)}")
+    rows = []
+    for part in parts:
+        resource = _REALTIME_PARTS[part]
+        if resource is Resource.REALTIME_SESSION:
+            per = _per_field(row, "session_per", resource, "minute")
+        else:
+            per = row.per(resource, _DEFAULT_PER["realtime"])
+        rows.append(PriceRow(resource=resource, price=row.money(part), per=per, plan=plan, **common))
+    return rows
+
+
+def _per_field(row: _Row, name: str, resource: Resource, default: str) -> str:
+    per = row.text(name, required=False, default=default)
+    if per not in PRICE_UNITS or PRICE_UNITS[per][0] is not RESOURCE_BASE_UNIT[resource]:
+        fitting = sorted(u for u, (base, _) in PRICE_UNITS.items() if base is RESOURCE_BASE_UNIT[resource])
+        raise row.fail(name, f"{per!r} does not price {resource.value}; use one of {fitting}")
+    return per
+
+
 def parse_price_toml(
     text: str, origin: str, plans: Mapping[str, Plan] | None = None
 ) -> tuple[dict[str, Plan], list[PriceRow]]:
@@ -257,12 +302,13 @@ def parse_price_toml(
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
         raise InvalidPriceBook(
-            f"{origin}: unknown table {unknown[0]!r}; use [[plan]], [[resource]], [[stt]], [[llm]] or [[tts]]"
+            f"{origin}: unknown table {unknown[0]!r}; "
+            "use [[plan]], [[resource]], [[stt]], [[llm]], [[tts]] or [[realtime]]"
         )
     new_plans = {p.id: p for p in map(_plan, _tables(doc, origin, "plan"))}
     known = {**(plans or {}), **new_plans}
     rows = [_resource_row(row, known) for row in _tables(doc, origin, "resource")]
-    for table in ("stt", "llm", "tts"):
+    for table in ("stt", "llm", "tts", "realtime"):
         for row in _tables(doc, origin, table):
             rows.extend(_model_rows(row, known))
     return new_plans, rows

@@ -7,7 +7,7 @@ from datetime import date
 from decimal import Decimal, localcontext
 from enum import Enum
 
-from ..records import BaseUnit, Resource
+from ..records import REALTIME_RESOURCES, BaseUnit, Resource
 
 __all__ = [
     "INFERENCE_RESOURCES",
@@ -28,6 +28,7 @@ class Kind(str, Enum):
     STT = "stt"
     LLM = "llm"
     TTS = "tts"
+    REALTIME = "realtime"  # speech-to-speech models: tokens by modality, session time
 
 
 INFERENCE_RESOURCES: dict[Resource, Kind] = {
@@ -36,6 +37,7 @@ INFERENCE_RESOURCES: dict[Resource, Kind] = {
     Resource.LLM_INPUT_CACHED: Kind.LLM,
     Resource.LLM_OUTPUT: Kind.LLM,
     Resource.TTS: Kind.TTS,
+    **dict.fromkeys(sorted(REALTIME_RESOURCES, key=list(Resource).index), Kind.REALTIME),
 }
 PHONE_RESOURCES = frozenset(
     {

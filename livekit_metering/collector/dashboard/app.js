@@ -28,6 +28,17 @@ const RESOURCE_LABELS = {
   voice_isolation: "Voice isolation",
   phone_number: "Phone numbers",
   phone_number_toll_free: "Toll-free numbers",
+  realtime_input_text: "Realtime text input",
+  realtime_input_audio: "Realtime audio input",
+  realtime_input_image: "Realtime image input",
+  realtime_input_cached_text: "Realtime cached text input",
+  realtime_input_cached_audio: "Realtime cached audio input",
+  realtime_input_cached_image: "Realtime cached image input",
+  realtime_output_text: "Realtime text output",
+  realtime_output_audio: "Realtime audio output",
+  realtime_session: "Realtime session",
+  transcription_input: "Transcription input",
+  transcription_output: "Transcription output",
 };
 // One colour per resource, the same in every chart: blues for time, orange for the LLM, green for TTS.
 const RESOURCE_COLORS = {
@@ -334,10 +345,11 @@ function when(iso) {
 const BASE_UNITS = {
   agent_session: "ms", connection: "ms", stt: "ms", recorded_audio: "ms", data_transfer: "bytes",
   llm_input: "tokens", llm_input_cached: "tokens", llm_output: "tokens", tts: "chars", observability_event: "events",
+  realtime_session: "ms",
 };
 
 function measured(r) {
-  const base = BASE_UNITS[r.resource];
+  const base = BASE_UNITS[r.resource] || (r.unit === "token" ? "tokens" : undefined);
   if (base === "ms" || (!base && r.unit === "minute") || (!base && r.unit === "second")) {
     return `${(Number(r.raw) / 1000).toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 3 })} s`;
   }
