@@ -149,13 +149,14 @@ def invoice(
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8790,
+    port: Annotated[int, typer.Option(help="TCP port (refused when another process listens on it).")] = 8790,
     database: Annotated[
         str, typer.Option(help="sqlite:///relative.db, sqlite:////abs/path.db or postgresql://user@host/db.")
     ] = "sqlite:///metering.db",
     keys: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="A TOML keys file: [keys.<API key>] secret, project (adds to LIVEKIT_API_KEY/SECRET)."),
+        # "\\[": typer renders help as rich markup, where a bare [...] is a style tag and vanishes.
+        typer.Option(help="A TOML keys file: \\[keys.<API key>] secret, project (adds to LIVEKIT_API_KEY/SECRET)."),
     ] = None,
     prices_file: Annotated[
         Optional[str],  # noqa: UP045
@@ -165,6 +166,15 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Most records per request.")] = 5000,
     max_past_days: Annotated[int, typer.Option(help="Oldest record start accepted, in days.")] = 35,
     max_future_seconds: Annotated[int, typer.Option(help="Latest record end accepted, in seconds ahead.")] = 300,
+    max_token_minutes: Annotated[
+        float, typer.Option(help="Longest a signed token may be valid, from its nbf, in minutes.")
+    ] = 10,
+    body_timeout_seconds: Annotated[
+        float, typer.Option(help="Time a request body may take to arrive, in seconds.")
+    ] = 30,
+    dashboard_session_hours: Annotated[
+        float, typer.Option(help="How long the dashboard stays signed in, in hours.")
+    ] = 8,
     workers: Annotated[int, typer.Option(help="Processes sharing the port (validation on several cores).")] = 1,
     close_stale_after_minutes: Annotated[
         int, typer.Option(help="Close sessions whose last checkpoint is this old (no webhook came); 0: never.")
@@ -202,6 +212,9 @@ def serve(
             max_past_days=max_past_days,
             max_future_seconds=max_future_seconds,
             close_stale_after_minutes=close_stale_after_minutes,
+            max_token_minutes=max_token_minutes,
+            body_timeout_seconds=body_timeout_seconds,
+            dashboard_session_hours=dashboard_session_hours,
             config=config_file,
             plan=plan,
             policy=policy,
@@ -209,10 +222,10 @@ def serve(
             invoice_grace_hours=invoice_grace_hours,
             close_joins_after_hours=close_joins_after_hours,
         )
+        run_serve(config, host=host, port=port, workers=workers)
     except ServeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    run_serve(config, host=host, port=port, workers=workers)
 
 
 @app.command()

@@ -58,7 +58,7 @@ class Rule:
         """The billable amount in base units: never below ``raw``, less than one increment above it."""
         if raw <= 0:
             return 0
-        return math.ceil(max(raw, self.minimum) / self.increment) * self.increment
+        return -(-max(raw, self.minimum) // self.increment) * self.increment  # integers: exact at any size
 
     def quantity(self, raw: int) -> Decimal:
         """The billable amount in the billing unit, exact."""

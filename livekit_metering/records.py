@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from collections.abc import Iterable
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "MAX_RAW",
     "REALTIME_RESOURCES",
     "RESOURCE_BASE_UNIT",
     "UNIT_BASE",
@@ -177,6 +179,12 @@ UNIT_SIZE: dict[Unit, int] = {
 }
 
 
+# The largest amount one record carries, in base units (10**18 ms is 31 million years, 10**18 bytes an
+# exabyte): every figure derived from a record is then an exact 64-bit integer, and no conversion of a
+# number a client sends costs more than microseconds.
+MAX_RAW = 10**18
+
+
 class InvalidRecord(ValueError):
     """A meter record failed validation. The message names each bad field and what is wrong."""
 
@@ -187,6 +195,8 @@ def _no_float(value: Any) -> Any:
         raise ValueError('must be a decimal string such as "1.25", not a binary float')
     if isinstance(value, bool):
         raise ValueError("must be a decimal string, not a boolean")
+    if isinstance(value, str) and len(value) > 40:  # bounded before it becomes a Decimal
+        raise ValueError("must be a decimal string of at most 40 characters")
     return value
 
 
@@ -226,7 +236,7 @@ class MeterRecord(BaseModel):
     worker_id: Name = ""
     customer: Name = ""
     resource: Resource
-    raw: Annotated[StrictInt, Field(ge=0)]
+    raw: Annotated[StrictInt, Field(ge=0, le=MAX_RAW)]
     unit: Unit
     quantity: Quantity
     policy: Annotated[str, Field(min_length=1, max_length=64)]
@@ -246,9 +256,16 @@ class MeterRecord(BaseModel):
         start, end = self.start, self.end
         # Wire times are UTC to the millisecond already; only other times are normalised.
         if start.utcoffset() or end.utcoffset() or start.microsecond % 1000 or end.microsecond % 1000:
-            start, end = _utc_ms(start), _utc_ms(end)
+            try:
+                start, end = _utc_ms(start), _utc_ms(end)
+            except OverflowError:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+                raise ValueError("start and end must fall within years 1 to 9999 in UTC") from None
             object.__setattr__(self, "start", start)
             object.__setattr__(self, "end", end)
+        # The magnitude, before any arithmetic on it: "1E+999990" is 10 characters, and a million digits
+        # to multiply or print. MAX_RAW has 19 digits; no exact quantity has more than 9 decimals.
+        if not -9 <= self.quantity.adjusted() <= 18:
+            raise ValueError("quantity must be below 10^19, with at most 9 decimal places")
         base = RESOURCE_BASE_UNIT[self.resource]
         if UNIT_BASE[self.unit] is not base:
             fitting = ", ".join(u.value for u, b in UNIT_BASE.items() if b is base)
@@ -292,16 +309,22 @@ class MeterRecord(BaseModel):
 
 
 _HINTS = {"timezone_aware": "must carry a UTC offset (RFC 3339, e.g. 2026-11-27T10:00:00Z)"}
+_SHORT = reprlib.Repr()  # inputs as a few dozen characters at most
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlist = 1, 40, 40, 40, 3
+_MAX_ERRORS = 4
 
 
 def _describe(exc: ValidationError) -> str:
+    """A short reason: the first few errors, each input cut to a few dozen characters (a hostile
+    record may carry a megabyte of text or thousands of unknown fields)."""
     parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "record"
+    for err in exc.errors(include_url=False)[:_MAX_ERRORS]:
+        where = ".".join(str(p)[:40] for p in err["loc"]) or "record"
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) else f" (got {_SHORT.repr(got)})"
         parts.append(f"{where}: {_HINTS.get(err['type'], err['msg'])}{shown}")
-    return "invalid meter record: " + "; ".join(parts)
+    more = exc.error_count() - _MAX_ERRORS
+    return "invalid meter record: " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def parse_utc(value: str) -> datetime:

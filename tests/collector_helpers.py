@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -96,9 +101,16 @@ async def post(
 
 
 async def get(
-    session: aiohttp.ClientSession, url: str, path: str, *, key: str = TEST_KEY, secret: str = TEST_SECRET
+    session: aiohttp.ClientSession,
+    url: str,
+    path: str,
+    *,
+    key: str = TEST_KEY,
+    secret: str = TEST_SECRET,
+    auth: str | None = None,
 ) -> tuple[int, Any]:
-    async with session.get(f"{url}{path}", headers={"Authorization": sign(key=key, secret=secret)}) as resp:
+    headers = {"Authorization": auth if auth is not None else sign(key=key, secret=secret)}
+    async with session.get(f"{url}{path}", headers=headers) as resp:
         return resp.status, await resp.json(content_type=None)
 
 
@@ -149,3 +161,27 @@ async def reset_pg(url: str) -> None:
             await conn.execute("TRUNCATE records, rollup, sessions, webhooks, invoices, statements")
     finally:
         await conn.close()
+
+
+def start_serve(
+    database: str | Path, port: int, *args: str, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """``livekit-metering serve`` in a process group of its own (``stop_serve`` ends the whole group,
+    workers included), signed with the test key pair unless ``env`` says otherwise."""
+    url = str(database) if "://" in str(database) else f"sqlite:///{database}"
+    environment = {**os.environ, "LIVEKIT_API_KEY": TEST_KEY, "LIVEKIT_API_SECRET": TEST_SECRET, **(env or {})}
+    cmd = [sys.executable, "-c", "from livekit_metering.cli import main; main()", "serve", "--port", str(port)]
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen([*cmd, "--database", url, *args], env=environment, start_new_session=True, **popen)
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the collector's process group (parent and workers) and reap the parent."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def children_of(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +67,42 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("pg_database")
     asyncio.run(reset_pg(url))
     return url
+
+
+def _processes_using(base: str) -> dict[int, str]:
+    """Processes (not this one) whose command line names a path under ``base``, or whose working
+    directory is there: every collector, worker and job a test starts names its temporary directory."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # gone, or not ours to read
+            continue
+        if f"{base}/" in cmdline or cwd == base or cwd.startswith(f"{base}/"):
+            found[int(entry.name)] = cmdline[:200]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite leaves no process behind: one still running at the end that uses this run's
+    temporary directory fails the run (and is killed)."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    if not Path("/proc/self/cmdline").exists():  # not Linux: nothing to look at
+        return
+    deadline = time.monotonic() + 5  # a collector stopped by the last test may still be exiting
+    while (left := _processes_using(base)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"processes left behind: {left}"
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,7 @@ the query API, OpenAPI, health, metrics and the dashboard."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import json
 import os
 import re
 from collections.abc import AsyncIterator
@@ -19,8 +17,6 @@ from unittest import mock
 import aiohttp
 import pytest
 from collector_helpers import NOW, body_of, get, post, rec, session_cp, usage_totals
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from livekit_metering.collector.config import Limits
 from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, run_collector, sign
@@ -179,55 +175,6 @@ async def test_limits_give_413_with_the_limit_named(collector: str, http: aiohtt
     assert await stored_count(http, collector) == 0
 
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12,
-)
-
-
-@st.composite
-def fuzzed_record(draw: st.DrawFn) -> dict[str, Any]:
-    """A valid record's JSON with some fields replaced, dropped or added."""
-    base = rec("F", f"llm-{draw(st.integers(0, 5))}", raw=draw(st.integers(0, 10**6))).to_json()
-    for key in draw(st.lists(st.sampled_from(sorted(base)), max_size=4, unique=True)):
-        if draw(st.booleans()):
-            base[key] = draw(_json)
-        else:
-            del base[key]
-    if draw(st.booleans()):
-        base[draw(st.text(min_size=1, max_size=8))] = draw(_json)
-    return base
-
-
-@pytest.mark.slow
-def test_fuzzed_records_never_cause_a_500(tmp_path: Path) -> None:
-    async def run() -> None:
-        async with run_collector(f"sqlite:///{tmp_path}/fuzz.db", KEYS, limits=LIMITS) as url:
-            async with aiohttp.ClientSession() as http:
-
-                @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-                @given(items=st.lists(fuzzed_record() | _json, max_size=5))
-                def check(items: list[Any]) -> None:
-                    body = json.dumps({"records": items}).encode()
-                    status, doc = asyncio.run_coroutine_threadsafe(post(http, url, body), loop).result()
-                    assert status == 200, doc
-                    for r in doc["results"]:
-                        assert r["status"] in {"accepted", "rejected", "duplicate", "conflict"}
-                        if r["status"] == "rejected":
-                            assert r["reason"]
-
-                loop = asyncio.get_running_loop()
-                await asyncio.to_thread(check)
-
-                # Nothing that was rejected is stored: only valid records from the fuzzer can be.
-                _, doc = await get(http, url, "/v1/sessions/F/records")
-                for record in doc["records"]:
-                    assert record["session_id"] == "F"
-
-    asyncio.run(run())
-
-
 # -- projects -------------------------------------------------------------------------------------
 
 
@@ -292,10 +239,10 @@ async def test_query_api(collector: str, http: aiohttp.ClientSession) -> None:
         assert status == 400 and doc["error"], bad
 
 
-async def test_queries_need_a_signature_header_or_token_param(collector: str, http: aiohttp.ClientSession) -> None:
+async def test_queries_need_a_signed_header(collector: str, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{collector}/v1/sessions") as resp:
         assert resp.status == 401
-    async with http.get(f"{collector}/v1/sessions", params={"token": sign()}) as resp:
+    async with http.get(f"{collector}/v1/sessions", headers={"Authorization": sign()}) as resp:
         assert resp.status == 200
     async with http.get(f"{collector}/v1/usage", headers={"Authorization": sign(key="APIx", secret="x" * 40)}) as resp:
         assert resp.status == 401
@@ -319,7 +266,9 @@ async def test_openapi_health_metrics_and_dashboard(collector: str, http: aiohtt
     assert 'metering_records_total{status="rejected"} 1.0' in text
     assert "metering_request_seconds_bucket" in text
     async with http.get(f"{collector}/dashboard/") as resp:
-        assert resp.status in (200, 404)  # served when the dashboard files are installed
+        assert resp.status == 200 and "<title>LiveKit metering</title>" in await resp.text()
+    async with http.get(f"{collector}/dashboard/app.js") as resp:
+        assert resp.status == 200 and "javascript" in resp.headers["Content-Type"]
     async with http.get(f"{collector}/dashboard/../../app.py") as resp:
         assert resp.status == 404
 
@@ -337,16 +286,16 @@ def test_keys_file_maps_keys_to_projects_and_bad_files_say_what_to_fix(tmp_path:
         f'[keys.{OTHER_KEY}]\nsecret = "{OTHER_SECRET}"\nproject = "globex"\n'
     )
     ring = KeyRing.load(good)
-    assert ring.verify(sign()).name == "acme"
-    assert ring.verify(sign(key=OTHER_KEY, secret=OTHER_SECRET)).name == "globex"
+    assert ring.token(sign()).for_reading().name == "acme"
+    assert ring.token(sign(key=OTHER_KEY, secret=OTHER_SECRET)).for_reading().name == "globex"
     with pytest.raises(AuthError, match="unknown API key"):
-        ring.verify(sign(key="APIelse", secret=TEST_SECRET))
+        ring.token(sign(key="APIelse", secret=TEST_SECRET))
 
     bad = tmp_path / "bad.toml"
     for text, words in (
         ("not toml [", "cannot read keys file"),
         ("[other]\n", "expected [keys.<API key>]"),
-        ('[keys.K]\nsecret = "short"\n', "at least 8 characters"),
+        ('[keys.K]\nsecret = "short"\n', "at least 32 characters"),
     ):
         bad.write_text(text)
         with pytest.raises(KeysFileError, match=re.escape(words)):

@@ -5,17 +5,17 @@ before the store closes."""
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from collector_helpers import body_of, get, post, rec
+from collector_helpers import body_of, children_of, get, post, rec, start_serve, stop_serve
 
-from livekit_metering.collector.testing import TEST_KEY, TEST_SECRET, free_port, wait_healthy
+from livekit_metering.collector.testing import free_port, sign, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +23,7 @@ ROUNDS = 15
 
 
 def _start(db: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LIVEKIT_API_KEY": TEST_KEY, "LIVEKIT_API_SECRET": TEST_SECRET}
-    cmd = [sys.executable, "-c", "from livekit_metering.cli import main; main()", "serve", "--port", str(port)]
-    return subprocess.Popen(
-        [*cmd, "--database", f"sqlite:///{db}", "--workers", str(workers)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_serve(db, port, "--workers", str(workers))
 
 
 async def _stored_ids(http: aiohttp.ClientSession, url: str, sessions: list[str]) -> set[str]:
@@ -69,8 +62,7 @@ async def test_kill_9_right_after_an_ack_loses_nothing_acknowledged(tmp_path: Pa
                         acked |= {r["id"] for r in doc["results"] if r["status"] == "accepted"}
                 assert done
             finally:
-                proc.kill()
-                proc.wait()
+                stop_serve(proc)
         assert acked, "no batch was ever acknowledged"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -79,40 +71,84 @@ async def test_kill_9_right_after_an_ack_loses_nothing_acknowledged(tmp_path: Pa
             await wait_healthy(url, alive=lambda p=proc: p.poll() is None)
             stored = await _stored_ids(http, url, sessions)
         finally:
-            proc.kill()
-            proc.wait()
+            stop_serve(proc)
     assert acked <= stored
+
+
+async def _in_flight(http: aiohttp.ClientSession, url: str) -> int:
+    """Requests the collector is handling now, over all its workers (this scrape excluded)."""
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    [line] = [line for line in text.splitlines() if line.startswith("metering_requests_in_flight ")]
+    return int(float(line.split()[1])) - 1
+
+
+async def _send_head_and_half(url: str, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    writer.write(
+        (
+            f"POST /v1/records HTTP/1.1\r\nHost: collector\r\nAuthorization: {sign(body)}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body[: len(body) // 2]
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """The status and JSON of the response; (0, {}) when the connection closed without one."""
+    first = (await reader.readline()).split()
+    if len(first) < 2:
+        return 0, {}
+    status = int(first[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    return status, json.loads(await reader.readexactly(length))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, workers: int) -> None:
+    """Requests the collector is in the middle of at SIGTERM (their bodies still arriving) are all
+    answered 200, and every record in them is stored; then the process exits 0."""
     db = tmp_path / "metering.db"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as http:
+    batches = [[rec("T", f"llm-{b}-{i}") for i in range(500)] for b in range(6)]
+    bodies = [body_of(batch) for batch in batches]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         proc = _start(db, port, workers)
         try:
             await wait_healthy(url, alive=lambda p=proc: p.poll() is None)
-            batches = [[rec("T", f"llm-{b}-{i}") for i in range(500)] for b in range(6)]
-            # Each batch twice: with two workers, the copies race on the shared SQLite file.
-            tasks = [asyncio.create_task(post(http, url, body_of(batch))) for batch in batches for _ in range(2)]
-            await asyncio.sleep(0.05)
+            streams = [await _send_head_and_half(url, body) for body in bodies]
+            for _ in range(400):  # until the collector has every request's headers (20 s at most)
+                if await _in_flight(http, url) == len(bodies):
+                    break
+                await asyncio.sleep(0.05)
+            assert await _in_flight(http, url) == len(bodies)
             proc.send_signal(signal.SIGTERM)
-            answers = await asyncio.gather(*tasks, return_exceptions=True)
-            assert proc.wait(timeout=30) == 0
+            await asyncio.sleep(0.3)  # the collector is shutting down now: no new connections
+            for (_, writer), body in zip(streams, bodies, strict=True):
+                writer.write(body[len(body) // 2 :])
+            answers = await asyncio.gather(*(_answer(reader) for reader, _ in streams))
+            for _, writer in streams:
+                writer.close()
+            assert await asyncio.to_thread(proc.wait, 30) == 0
         finally:
-            proc.kill()
-            proc.wait()
-        acked = {r["id"] for a in answers if not isinstance(a, BaseException) and a[0] == 200 for r in a[1]["results"]}
+            stop_serve(proc)
+        assert [status for status, _ in answers] == [200] * len(bodies)
+        assert {r["status"] for _, doc in answers for r in doc["results"]} == {"accepted"}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = _start(db, port)
         try:
             await wait_healthy(url, alive=lambda p=proc: p.poll() is None)
-            assert acked <= await _stored_ids(http, url, ["T"])
+            assert await _stored_ids(http, url, ["T"]) == {r.id for batch in batches for r in batch}
         finally:
-            proc.kill()
-            proc.wait()
+            stop_serve(proc)
 
 
 async def test_two_workers_both_take_connections_store_each_id_once_and_count_together(tmp_path: Path) -> None:
@@ -124,8 +160,7 @@ async def test_two_workers_both_take_connections_store_each_id_once_and_count_to
     proc = _start(tmp_path / "metering.db", port, workers=2)
     try:
         await wait_healthy(url, alive=lambda: proc.poll() is None)
-        listing = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        children = {int(p) for p in (await asyncio.to_thread(listing.read_text)).split()}
+        children = await asyncio.to_thread(children_of, proc.pid)
         pids = set()
         for _ in range(32):  # a new connection each time; all 32 on one worker: odds of 1 in 2^31
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
@@ -148,5 +183,4 @@ async def test_two_workers_both_take_connections_store_each_id_once_and_count_to
             assert 'metering_records_total{status="accepted"} 2400.0' in text
             assert 'metering_records_total{status="duplicate"} 2400.0' in text
     finally:
-        proc.kill()
-        proc.wait()
+        stop_serve(proc)

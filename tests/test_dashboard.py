@@ -110,7 +110,7 @@ async def test_dashboard_shows_the_api_figures(
     assert len(sessions) == len({r.session_id for r in records}) == 36
     assert Decimal(by_day["total"]) > 0
 
-    token = sign(ttl=timedelta(minutes=10))
+    token = sign(ttl=timedelta(minutes=5))
     requests: list[str] = []
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
@@ -118,10 +118,23 @@ async def test_dashboard_shows_the_api_figures(
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
             page.on("request", lambda req: requests.append(req.url))
-            await page.goto(f"{url}/dashboard/?token={token}&month={month}&plan=ship")
+            # The link's token rides in the #fragment: no server, log or Referer ever sees it.
+            await page.goto(f"{url}/dashboard/?month={month}&plan=ship#token={token}")
             await page.wait_for_selector("body[data-loaded]", timeout=15_000)
             text = page.locator
+
+            # Signed in with an HttpOnly cookie; the token is gone from the address bar and no request carried it.
+            assert "token" not in page.url
+            assert await page.evaluate("document.cookie") == ""
+            [cookie] = await page.context.cookies()
+            assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+                "livekit_metering_session",
+                True,
+                "Strict",
+            )
+            assert not [r for r in requests if "token" in r]
 
             # Headline figures.
             assert await text("#kpi-usage").inner_text() == usd(by_day["total"])
@@ -199,11 +212,14 @@ async def test_dashboard_shows_the_api_figures(
             await page.screenshot(path=str(SCREENSHOT), full_page=True)
             assert not errors, errors
 
-            # A wrong token: the page says what is wrong instead of showing empty figures.
-            bad = await browser.new_page()
-            await bad.goto(f"{url}/dashboard/?token=not-a-jwt&month={month}")
-            await bad.wait_for_selector(".status.error", timeout=10_000)
-            assert "401" in await bad.locator("#status").inner_text()
+            # A wrong token, or none (a new browser context, without the cookie): the page says what is
+            # wrong instead of showing empty figures.
+            for link in (f"{url}/dashboard/?month={month}#token=not-a-jwt", f"{url}/dashboard/?month={month}"):
+                bad = await browser.new_page()
+                await bad.goto(link)
+                await bad.wait_for_selector(".status.error", timeout=10_000)
+                status = await bad.locator("#status").inner_text()
+                assert "401" in status and "dashboard link" in status, status
         finally:
             await browser.close()
 

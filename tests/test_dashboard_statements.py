@@ -47,8 +47,9 @@ async def test_statements_list_the_issued_invoices_and_download_them(chromium_pa
                 page = await browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
                 errors: list[str] = []
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
-                token = sign(ttl=timedelta(minutes=10))
-                await page.goto(f"{url}/dashboard/?token={token}&month=2026-10&plan=ship")
+                page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+                token = sign(ttl=timedelta(minutes=5))
+                await page.goto(f"{url}/dashboard/?month=2026-10&plan=ship#token={token}")
                 await page.wait_for_selector("body[data-loaded]", timeout=15_000)
                 assert await page.locator("#statements h2").inner_text() != ""
                 assert await page.locator("#invoices-list").is_hidden()

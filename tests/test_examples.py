@@ -166,13 +166,18 @@ async def test_postgres_deployment_serves_agents_and_the_dashboard_link(
                 dashboard_link = importlib.import_module("dashboard_link").dashboard_link
             finally:
                 sys.path.remove(str(EXAMPLES / "collector_postgres"))
-            page = dashboard_link(url)
-            token = page.split("token=", 1)[1].split("&", 1)[0]
+            page, fragment = dashboard_link(url).split("#", 1)
+            token = fragment.removeprefix("token=")
             async with http.get(page) as resp:
                 assert resp.status == 200 and "LiveKit metering" in await resp.text()
-            async with http.get(f"{url}/v1/sessions", params={"token": token, "limit": "100"}) as resp:
-                assert resp.status == 200
-                assert len((await resp.json())["sessions"]) == 12
+            # What the page does with the link's token: a session cookie, then queries with it alone.
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+                auth = {"Authorization": f"Bearer {token}"}
+                async with browser.post(f"{url}/dashboard/session", headers=auth) as resp:
+                    assert resp.status == 200
+                async with browser.get(f"{url}/v1/sessions", params={"limit": "100"}) as resp:
+                    assert resp.status == 200
+                    assert len((await resp.json())["sessions"]) == 12
 
             # A key from keys.toml reads its own project only.
             other = sign(key="APIstaging000000", secret="replace-with-the-staging-project-secret")

@@ -282,3 +282,58 @@ async def test_two_collectors_on_one_postgres_receive_the_same_records_concurren
         assert accepted == len(records)  # each id accepted exactly once across both collectors
         assert await usage_totals(http, one) == as_quantities(oracle(records))
         assert await usage_totals(http, two) == await usage_totals(http, one)
+
+
+# -- durability ------------------------------------------------------------------------------------
+
+
+async def test_every_sqlite_connection_is_durable(tmp_path: Path) -> None:
+    """The collector acknowledges only after a commit that survives a power cut: WAL with
+    synchronous=FULL on every connection the store opens (a process kill cannot tell NORMAL or OFF apart)."""
+    async with open_store(f"sqlite:///{tmp_path}/durable.db") as store:
+        connections = {id(c): c for c in (store._writer, store._reader, store._planner)}  # type: ignore[attr-defined]
+        assert len(connections) == 3
+        for conn in connections.values():
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+async def test_every_postgres_connection_commits_synchronously_whatever_the_servers_default(pg_url: str) -> None:
+    import asyncpg
+
+    name = f"lm_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit TO off')  # as a tuned server might
+        async with open_store(pg_url.rsplit("/", 1)[0] + "/" + name) as store:
+            pool = store.pool  # type: ignore[attr-defined]
+            connections = [await pool.acquire() for _ in range(3)]
+            try:
+                for conn in connections:
+                    assert await conn.fetchval("SHOW synchronous_commit") == "on"
+            finally:
+                for conn in connections:
+                    await pool.release(conn)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_a_fault_in_a_group_commit_fails_every_batch_in_it(tmp_path: Path) -> None:
+    """Batches of three projects share one SQLite commit; a fault while the second project's sessions
+    are written (a trigger stands in for a disk error) rolls it all back: each batch gets the error,
+    none waits forever, nothing is stored."""
+    import sqlite3
+
+    path = tmp_path / "fault.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        with sqlite3.connect(path) as other:
+            other.execute(
+                "CREATE TRIGGER fault BEFORE INSERT ON sessions WHEN NEW.project = 'q'"
+                " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+            )
+        ingests = [store.ingest(p, [Stored(rec("S", f"llm-{p}"))]) for p in ("p", "q", "r")]
+        answers = await asyncio.wait_for(asyncio.gather(*ingests, return_exceptions=True), 10)
+        assert [type(a) for a in answers] == [sqlite3.IntegrityError] * 3, answers
+        assert [await store.count(p) for p in ("p", "q", "r")] == [0, 0, 0]

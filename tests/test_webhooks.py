@@ -4,12 +4,14 @@ record from the agent itself all leave the totals where they belong."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -213,3 +215,19 @@ async def test_stale_sessions_are_closed_at_their_last_checkpoint(database: str)
         final = session_cp("OLD", 120_000, status=Status.OK)
         assert [o.value for o in await store.ingest("acme", [Stored(final)])] == ["accepted"]
         assert (await store.session_records("acme", ["OLD"]))[0] == final
+
+
+async def test_the_collector_sweeps_stale_sessions_by_itself(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    # Nothing here calls close_stale(): only the collector's own sweeper can close this session.
+    every = timedelta(milliseconds=200)
+    async with run_collector(
+        tmp_path / "sweep.db", KEYS, close_stale_after=timedelta(minutes=15), sweep_every=every
+    ) as url:
+        status, _ = await post(http, url, body_of([session_cp("OLD", 90_000)]))  # ended about an hour ago
+        assert status == 200
+        for _ in range(100):  # 10 s at most; the sweeper runs every 0.2 s
+            record = await agent_record(http, url, "OLD")
+            if record["status"] != "checkpoint":
+                break
+            await asyncio.sleep(0.1)
+        assert (record["status"], record["meta"]["closed_by"]) == ("ok", "stale-checkpoint")

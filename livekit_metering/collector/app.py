@@ -20,7 +20,7 @@ from aiohttp import web
 from ..rates import get_policy
 from .auth import AuthError, KeyRing, Project
 from .config import Limits
-from .ingest import BadRequest, check_batch, inflate
+from .ingest import BadRequest, check_batch, inflate, short
 from .invoice_formats import invoice_list, rendered
 from .invoices import Billing, month_of
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -30,11 +30,11 @@ from .phone_numbers import PhoneBook
 from .pricing import Pricer
 from .queries import BadQuery, Queries
 from .settings import Settings
-from .store.base import Outcome, Store, open_store
+from .store.base import Outcome, Store, StoreLimit, open_store, redacted
 from .webhook_usage import UsageRules
 from .webhooks import Webhooks
 
-__all__ = ["COLLECTOR", "Collector", "CollectorConfig", "create_app"]
+__all__ = ["COLLECTOR", "DRAIN", "Collector", "CollectorConfig", "Drain", "create_app"]
 
 log = logging.getLogger("livekit_metering.collector")
 
@@ -119,11 +119,18 @@ class Collector:
     async def ingest(self, project: str, body: bytes, encoding: str | None) -> list[dict[str, str]]:
         checked = check_batch(inflate(body, encoding, self.limits), self.limits, now=self.config.clock())
         valid = [c.item for c in checked if c.item is not None]
-        outcomes = iter(await self.store.ingest(project, valid))
+        try:
+            outcomes = iter(await self.store.ingest(project, valid))
+            refused = ""
+        except StoreLimit as exc:  # this batch only: other batches and projects are stored as usual
+            refused = short(str(exc))
         results: list[dict[str, str]] = []
         counts: dict[str, int] = {}
         for c in checked:
-            status, reason = (Outcome.REJECTED.value, c.reason) if c.item is None else _ANSWERS[next(outcomes)]
+            if c.item is None or refused:
+                status, reason = Outcome.REJECTED.value, c.reason or refused
+            else:
+                status, reason = _ANSWERS[next(outcomes)]
             results.append({"id": c.id, "status": status, "reason": reason})
             counts[status] = counts.get(status, 0) + 1
         for status, n in counts.items():
@@ -138,8 +145,33 @@ _REASONS = {
 }
 _ANSWERS = {outcome: (outcome.value, _REASONS.get(outcome, "")) for outcome in Outcome}  # status, reason
 
+
+@dataclass
+class Drain:
+    """Requests being handled, and whether the collector is shutting down. aiohttp's own graceful
+    shutdown stops reading from every connection at once, so a request whose body is still arriving
+    could never finish: ``serve`` first stops listening, answers new requests on kept-alive
+    connections 503 (retry elsewhere), and waits for ``idle`` before closing connections."""
+
+    active: int = 0
+    closing: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 COLLECTOR = web.AppKey("collector", Collector)
 CONFIG = web.AppKey("config", CollectorConfig)
+DRAIN = web.AppKey("drain", Drain)
+SESSION_COOKIE = "livekit_metering_session"
+
+# Every response: never framed, never sniffed, no Referer leaves the page. The dashboard runs only its
+# own script and styles, and talks only to this collector.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -152,6 +184,14 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     started = time.monotonic()
     collector = request.app.get(COLLECTOR)
+    drain = request.app[DRAIN]
+    if drain.closing:
+        closing = _error(503, "the collector is shutting down; retry", **{"Retry-After": "1"})
+        closing.force_close()
+        return closing
+    drain.active += 1
+    if collector is not None:
+        collector.metrics.in_flight.inc()
     response: web.StreamResponse
     try:
         response = await handler(request)
@@ -171,10 +211,20 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     except Exception:
         log.exception("unhandled error", extra={"route": route})
         response = _error(500, "internal error; the collector logged it")
+    finally:
+        drain.active -= 1
+        if drain.active == 0 and drain.closing:
+            drain.idle.set()
+        if collector is not None:
+            collector.metrics.in_flight.dec()
     if collector is not None:
         collector.metrics.latency.labels(route).observe(time.monotonic() - started)
         collector.metrics.requests.labels(route, str(response.status)).inc()
     return response
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
 
 
 def _collector(request: web.Request) -> Collector:
@@ -182,17 +232,48 @@ def _collector(request: web.Request) -> Collector:
 
 
 def _query_project(request: web.Request) -> Project:
-    header = request.headers.get("Authorization") or request.query.get("token")
-    return _collector(request).keys.verify(header)
+    """Queries: a read token in the Authorization header, else the dashboard's session cookie."""
+    collector = _collector(request)
+    header = request.headers.get("Authorization")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and not header:
+        return collector.keys.from_session(cookie)
+    return collector.keys.token(header, collector.limits.max_token_lifetime).for_reading()
+
+
+async def _read_body(request: web.Request, limits: Limits) -> bytes | None:
+    """The body, read within ``limits.body_timeout``; None when the client went away while sending it
+    (nothing to answer: logged at INFO, and its buffers freed with the request)."""
+    try:
+        return await asyncio.wait_for(request.read(), limits.body_timeout.total_seconds())
+    except asyncio.TimeoutError:
+        raise BadRequest(
+            408,
+            f"the body did not arrive within {limits.body_timeout.total_seconds():.0f} s; send it faster or smaller",
+        ) from None
+    except ConnectionError as exc:
+        # The exception stays on the request's payload stream; its traceback holds the frames that
+        # held the partial body, in a cycle: cut it, so the body is freed now rather than at a full
+        # garbage collection (rare with the thresholds serve sets).
+        exc.__traceback__ = None
+        log.info("client went away while sending its body", extra={"route": request.path})
+        return None
 
 
 async def post_records(request: web.Request) -> web.Response:
     collector = _collector(request)
-    limit = collector.limits.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _error(413, f"the body is {request.content_length} bytes; the limit is {limit}, send smaller batches")
-    body = await request.read()
-    project = collector.keys.verify(request.headers.get("Authorization"), body)
+    limits = collector.limits
+    # The headers decide before a byte of the body is read: an unsigned flood costs no memory.
+    token = collector.keys.token(request.headers.get("Authorization"), limits.max_token_lifetime).for_writing()
+    if request.content_length is not None and request.content_length > limits.max_body_bytes:
+        return _error(
+            413,
+            f"the body is {request.content_length} bytes; the limit is {limits.max_body_bytes}, send smaller batches",
+        )
+    body = await _read_body(request, limits)
+    if body is None:
+        return _error(400, "the body was cut short")
+    project = token.check_body(body)
     try:
         results = await collector.ingest(project.name, body, request.headers.get("Content-Encoding"))
     except (BadRequest, AuthError):
@@ -206,7 +287,11 @@ async def post_records(request: web.Request) -> web.Response:
 
 async def post_webhook(request: web.Request) -> web.Response:
     collector = _collector(request)
-    body = await request.read()
+    # Signature, key and lifetime from the headers first; the sha256 claim is checked with the body.
+    collector.keys.token(request.headers.get("Authorization"), collector.limits.max_token_lifetime).for_writing()
+    body = await _read_body(request, collector.limits)
+    if body is None:
+        return _error(400, "the body was cut short")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -305,6 +390,8 @@ def _dashboard_dir(config: CollectorConfig) -> Path:
 async def get_dashboard(request: web.Request) -> web.StreamResponse:
     root = _dashboard_dir(request.app[CONFIG]).resolve()
     name = request.match_info.get("path") or "index.html"
+    if "\x00" in name or len(name) > 200:
+        return _error(404, "not found")
     target = (root / name).resolve()
     if root not in target.parents and target != root:
         return _error(404, "not found")
@@ -317,6 +404,26 @@ async def get_dashboard(request: web.Request) -> web.StreamResponse:
 
 async def dashboard_redirect(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/dashboard/")
+
+
+async def post_dashboard_session(request: web.Request) -> web.Response:
+    """The dashboard's sign-in: a short-lived read token (from the link's #fragment, which no server
+    or log sees) in exchange for an HttpOnly, SameSite=Strict session cookie."""
+    collector = _collector(request)
+    token = collector.keys.token(request.headers.get("Authorization"), collector.limits.max_token_lifetime)
+    project = token.for_reading()
+    lifetime = collector.limits.dashboard_session
+    response = web.json_response({"project": project.name, "expires_in": int(lifetime.total_seconds())})
+    response.set_cookie(
+        SESSION_COOKIE,
+        collector.keys.session_cookie(project, lifetime),
+        max_age=int(lifetime.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure or request.headers.get("X-Forwarded-Proto") == "https",
+    )
+    return response
 
 
 async def _sweep(collector: Collector) -> None:
@@ -337,15 +444,19 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
     app = web.Application(
         client_max_size=config.limits.max_body_bytes,
         middlewares=[_errors],
-        handler_args={"auto_decompress": False},
+        # Idle connections close after 75 s (aiohttp's own default is an hour); a body left unread
+        # (a 401 or 413) is drained for at most 2 s so the client can read the answer, then cut.
+        handler_args={"auto_decompress": False, "keepalive_timeout": 75.0, "lingering_time": 2.0},
     )
     app[CONFIG] = config
+    app[DRAIN] = Drain()
+    app.on_response_prepare.append(_security_headers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         the_store = store or open_store(config.database)
         await the_store.open()
         app[COLLECTOR] = Collector(config, the_store)
-        log.info("collector started", extra={"database": _redact(config.database), "projects": len(config.keys)})
+        log.info("collector started", extra={"database": redacted(config.database), "projects": len(config.keys)})
         sweeper = asyncio.create_task(_sweep(app[COLLECTOR]))  # quota warnings, at least
         try:
             yield
@@ -371,13 +482,7 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
     app.router.add_get("/openapi.json", get_openapi)
     app.router.add_get("/healthz", get_healthz)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_post("/dashboard/session", post_dashboard_session)
     app.router.add_get("/dashboard", dashboard_redirect)
     app.router.add_get("/dashboard/{path:.*}", get_dashboard)
     return app
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url

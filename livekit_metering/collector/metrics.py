@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -36,6 +36,12 @@ class Metrics:
         )
         self.requests = Counter(
             "metering_requests", "HTTP requests by route and status code.", ["route", "code"], registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "metering_requests_in_flight",
+            "Requests being handled now (this scrape included), over every worker.",
+            multiprocess_mode="livesum",
+            registry=self.registry,
         )
         self.latency = Histogram(
             "metering_request_seconds",

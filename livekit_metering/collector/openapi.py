@@ -56,7 +56,6 @@ def openapi_spec() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-    jwt_param = _q("token", "the JWT, for browsers that cannot set Authorization (dashboard)")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -64,7 +63,10 @@ def openapi_spec() -> dict[str, Any]:
             "version": "1",
             "description": "Receives, stores, reconciles and answers LiveKit Agents meter records. "
             "Every request is signed with a LiveKit access token (JWT) from an API key the collector knows; "
-            "the key decides the project all reads and writes are scoped to.",
+            "the key decides the project all reads and writes are scoped to. Tokens are valid for at most "
+            "10 minutes from their nbf (serve --max-token-minutes). A write token carries the sha256 of the "
+            "one body it signs (POST /v1/records, webhooks) and is refused for anything else; a read token "
+            "has no sha256 claim (queries, dashboard sign-in). The dashboard's session cookie also signs queries.",
         },
         "components": {
             "securitySchemes": {
@@ -72,9 +74,16 @@ def openapi_spec() -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "Authorization",
-                    "description": "a livekit-api AccessToken(key, secret) JWT (optionally 'Bearer '); on "
-                    "POST /v1/records its sha256 claim is the base64 SHA-256 of the body bytes as sent",
-                }
+                    "description": "a livekit-api AccessToken(key, secret) JWT (optionally 'Bearer '), valid for "
+                    "at most 10 minutes; on POST /v1/records its sha256 claim is the base64 SHA-256 of the body "
+                    "bytes as sent, on queries it has none",
+                },
+                "dashboardSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "livekit_metering_session",
+                    "description": "set by POST /dashboard/session (HttpOnly, SameSite=Strict)",
+                },
             },
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
@@ -90,7 +99,7 @@ def openapi_spec() -> dict[str, Any]:
                 },
             },
         },
-        "security": [{"livekitJwt": []}],
+        "security": [{"livekitJwt": []}, {"dashboardSession": []}],
         "paths": {
             "/v1/records": {
                 "post": {
@@ -138,6 +147,7 @@ def openapi_spec() -> dict[str, Any]:
                         },
                         "400": _ERROR,
                         "401": _ERROR,
+                        "408": _ERROR,
                         "413": _ERROR,
                         "415": _ERROR,
                         "503": _ERROR,
@@ -164,7 +174,6 @@ def openapi_spec() -> dict[str, Any]:
                         _q("agent", "agent name"),
                         _q("customer", "customer"),
                         _q("limit", "at most this many (1-1000, default 100)", type="integer"),
-                        jwt_param,
                     ],
                     "responses": {"200": {"description": '{"sessions": [...]}'}, "400": _ERROR, "401": _ERROR},
                 }
@@ -174,7 +183,6 @@ def openapi_spec() -> dict[str, Any]:
                     "summary": "A session's records, each with its cost",
                     "parameters": [
                         {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                        jwt_param,
                     ],
                     "responses": {"200": {"description": '{"records": [...]}'}, "401": _ERROR},
                 }
@@ -191,7 +199,6 @@ def openapi_spec() -> dict[str, Any]:
                             type="string",
                             enum=["day", "agent", "room", "model", "customer", "resource"],
                         ),
-                        jwt_param,
                     ],
                     "responses": {
                         "200": {"description": '{"group_by", "rows", "total", "unpriced"}'},
@@ -206,7 +213,6 @@ def openapi_spec() -> dict[str, Any]:
                     "parameters": [
                         _q("month", "YYYY-MM (default: this month)"),
                         _q("plan", "plan", type="string", enum=["build", "ship", "scale"]),
-                        jwt_param,
                     ],
                     "responses": {"200": {"description": "the invoice JSON"}, "400": _ERROR, "401": _ERROR},
                 }
@@ -219,7 +225,6 @@ def openapi_spec() -> dict[str, Any]:
                         _q("month", "YYYY-MM (default: this month)"),
                         _q("plan", "plan (default: the project's)", type="string", enum=["build", "ship", "scale"]),
                         _q("days", "run-rate window in days, 1-31 (default 7)", type="integer"),
-                        jwt_param,
                     ],
                     "responses": {
                         "200": {"description": '{"month", "plan", "as_of", "hard_caps", "run_rate", "quotas": [...]}'},
@@ -236,7 +241,6 @@ def openapi_spec() -> dict[str, Any]:
                         _q("month", "YYYY-MM (default: this month)"),
                         _q("plan", "plan (default: the project's)", type="string", enum=["build", "ship", "scale"]),
                         _q("days", "run-rate window in days, 1-31 (default 7)", type="integer"),
-                        jwt_param,
                     ],
                     "responses": {
                         "200": {
@@ -256,7 +260,6 @@ def openapi_spec() -> dict[str, Any]:
                         _q("customer", "the records' customer (default: the whole project)"),
                         _q("exclude_session", "leave out this session's records (a running session adds its own)"),
                         _q("plan", "plan (default: the project's)", type="string", enum=["build", "ship", "scale"]),
-                        jwt_param,
                     ],
                     "responses": {
                         "200": {"description": '{"customer", "month", "plan", "as_of", "cost", "unpriced"}'},
@@ -268,7 +271,7 @@ def openapi_spec() -> dict[str, Any]:
             "/v1/invoices": {
                 "get": {
                     "summary": "Issued invoices, newest first, and the months closed with nothing due",
-                    "parameters": [jwt_param],
+                    "parameters": [],
                     "responses": {
                         "200": {"description": '{"invoices": [...], "closed_without_invoice": [...]}'},
                         "401": _ERROR,
@@ -281,7 +284,6 @@ def openapi_spec() -> dict[str, Any]:
                     "parameters": [
                         {"name": "number", "in": "path", "required": True, "schema": {"type": "string"}},
                         _q("format", "json (default), csv or html", type="string", enum=["json", "csv", "html"]),
-                        jwt_param,
                     ],
                     "responses": {"200": {"description": "the invoice"}, "400": _ERROR, "401": _ERROR, "404": _ERROR},
                 }
@@ -293,9 +295,17 @@ def openapi_spec() -> dict[str, Any]:
                         {"name": "number", "in": "path", "required": True, "schema": {"type": "string"}},
                         {"name": "customer", "in": "path", "required": True, "schema": {"type": "string"}},
                         _q("format", "json (default), csv or html", type="string", enum=["json", "csv", "html"]),
-                        jwt_param,
                     ],
                     "responses": {"200": {"description": "the statement"}, "400": _ERROR, "401": _ERROR, "404": _ERROR},
+                }
+            },
+            "/dashboard/session": {
+                "post": {
+                    "summary": "Dashboard sign-in: a read token for an HttpOnly session cookie",
+                    "responses": {
+                        "200": {"description": '{"project", "expires_in"} and Set-Cookie: livekit_metering_session'},
+                        "401": _ERROR,
+                    },
                 }
             },
             "/healthz": {

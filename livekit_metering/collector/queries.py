@@ -27,15 +27,33 @@ def money(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
 
 
+# Queries take times in these years: every day and month arithmetic on them stays in range.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)
+
+
 def parse_time(name: str, value: str | None) -> datetime | None:
-    """RFC 3339 time or a YYYY-MM-DD date (midnight UTC)."""
+    """RFC 3339 time or a YYYY-MM-DD date (midnight UTC), from 1970 to 9998."""
     if value is None or value == "":
         return None
     try:
         # A "+" in a query string arrives as a space: "+00:00" must survive unencoded use.
-        return parse_utc(value.replace(" ", "+"))
-    except ValueError as exc:
-        raise BadQuery(f"{name}: {exc}") from None
+        when = parse_utc(value[:64].replace(" ", "+"))
+    except (ValueError, OverflowError) as exc:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        raise BadQuery(f"{name}: {str(exc)[:200]}") from None
+    if not EARLIEST <= when < LATEST:
+        raise BadQuery(f"{name} must be from 1970-01-01 to 9998-12-31")
+    return when
+
+
+def _name(name: str, value: str | None) -> str | None:
+    """A name to match (room, agent, customer, session id): as records hold them, at most 256
+    characters and no NUL (which PostgreSQL text cannot hold)."""
+    if not value:
+        return None
+    if len(value) > 256 or "\x00" in value:
+        raise BadQuery(f"{name} must be at most 256 characters, without NUL")
+    return value
 
 
 def _month_start(now: datetime) -> datetime:
@@ -64,9 +82,9 @@ class Queries:
         flt = SessionFilter(
             since=parse_time("since", params.get("since")),
             until=parse_time("until", params.get("until")),
-            room=params.get("room") or None,
-            agent=params.get("agent") or None,
-            customer=params.get("customer") or None,
+            room=_name("room", params.get("room")),
+            agent=_name("agent", params.get("agent")),
+            customer=_name("customer", params.get("customer")),
             limit=limit,
         )
         rows = await self.store.sessions(project, flt)
@@ -96,13 +114,13 @@ class Queries:
         return {"sessions": out}
 
     async def session_records(self, project: str, session_id: str, plan: str = "ship") -> dict[str, Any]:
-        records = await self.store.session_records(project, [session_id])
+        records = await self.store.session_records(project, [_name("session id", session_id) or ""])
         return {"records": [{**r.to_json(), "cost": money(self.pricer.price_of(r, plan))} for r in records]}
 
     async def usage(self, project: str, params: Mapping[str, str], plan: str = "ship") -> dict[str, Any]:
         group_by = params.get("group_by") or "resource"
         if group_by not in GROUPS:
-            raise BadQuery(f"group_by={group_by!r} is not one of {sorted(GROUPS)}")
+            raise BadQuery(f"group_by={group_by[:20]!r} is not one of {sorted(GROUPS)}")
         now = datetime.now(timezone.utc)
         since = parse_time("since", params.get("since")) or _month_start(now)
         until = parse_time("until", params.get("until")) or now
@@ -148,10 +166,10 @@ class Queries:
         now = datetime.now(timezone.utc)
         month = params.get("month") or f"{now.year:04d}-{now.month:02d}"
         plan = params.get("plan") or "ship"
-        if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
-            raise BadQuery(f"month={month!r} must look like 2026-11")
+        if not re.fullmatch(r"(19[7-9]\d|[2-9]\d{3})-(0[1-9]|1[0-2])", month) or month > "9998-12":
+            raise BadQuery(f"month={month[:20]!r} must look like 2026-11 (from 1970-01 to 9998-12)")
         if plan not in PLANS:
-            raise BadQuery(f"plan={plan!r} is not one of {list(PLANS)}")
+            raise BadQuery(f"plan={plan[:20]!r} is not one of {list(PLANS)}")
         first = date.fromisoformat(f"{month}-01")
         after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
         rows = await self.store.usage(project, first, after, "resource")
@@ -161,9 +179,9 @@ class Queries:
         if not value:
             return 100
         try:
-            limit = int(value)
+            limit = int(value) if len(value) <= 12 else 0
         except ValueError:
-            raise BadQuery(f"limit={value!r} must be an integer") from None
+            raise BadQuery(f"limit={value[:20]!r} must be an integer") from None
         if not 1 <= limit <= self.limits.max_query_limit:
             raise BadQuery(f"limit must be between 1 and {self.limits.max_query_limit}")
         return limit

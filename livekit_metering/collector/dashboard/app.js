@@ -4,8 +4,8 @@
 "use strict";
 
 const params = new URLSearchParams(location.search);
-const TOKEN = params.get("token") || "";
 const API = new URL("../", location.href); // the dashboard lives at /dashboard/, the API at /v1/
+const LINK_HINT = "open a fresh dashboard link (python examples/collector_postgres/dashboard_link.py <collector URL>)";
 
 const RESOURCE_LABELS = {
   agent_session: "Agent session",
@@ -166,8 +166,21 @@ function setStatus(text, kind = "") {
 async function api(path, query = {}) {
   const url = new URL(path.replace(/^\//, ""), API);
   for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
-  url.searchParams.set("token", TOKEN);
-  const resp = await fetch(url, { headers: { Accept: "application/json" } });
+  const resp = await fetch(url, { headers: { Accept: "application/json" } }); // the session cookie signs it
+  return answer(resp);
+}
+
+// Sign-in: a dashboard link carries a short-lived read token in its #fragment, which the browser never
+// sends to a server (nor in a Referer). It is exchanged once for an HttpOnly session cookie, and taken
+// out of the address bar.
+async function signIn() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!token) return;
+  history.replaceState(null, "", location.pathname + location.search);
+  await answer(await fetch(new URL("session", location.href), { method: "POST", headers: { Authorization: `Bearer ${token}` } }));
+}
+
+async function answer(resp) {
   if (!resp.ok) {
     let detail = "";
     try { detail = (await resp.json()).error || ""; } catch (_) { /* not JSON */ }
@@ -178,11 +191,10 @@ async function api(path, query = {}) {
   return resp.json();
 }
 
-// A download through fetch (the token never lands in a link), saved under the collector's file name.
+// A download through fetch (signed by the session cookie), saved under the collector's file name.
 async function download(path, query, fallbackName) {
   const url = new URL(path.replace(/^\//, ""), API);
   for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-  url.searchParams.set("token", TOKEN);
   const resp = await fetch(url);
   if (!resp.ok) throw new Error(`${resp.status} ${resp.statusText}`);
   const disposition = resp.headers.get("Content-Disposition") || "";
@@ -586,10 +598,6 @@ async function load() {
   history.replaceState(null, "", next);
   $("#kpi-plan").textContent = plan[0].toUpperCase() + plan.slice(1);
   $("#session-detail").hidden = true;
-  if (!TOKEN) {
-    setStatus("Open this page with ?token=<JWT signed with the collector's API key and secret>.", "error");
-    return;
-  }
   setStatus("Loading…");
   const { since, until, days } = monthRange(month);
   try {
@@ -624,7 +632,7 @@ async function load() {
     setStatus(`Updated ${new Date().toISOString().slice(11, 19)} UTC`, "ok");
     document.body.dataset.loaded = month + ":" + plan;
   } catch (err) {
-    const hint = err.status === 401 ? " — the token is missing, expired or signed with another key." : "";
+    const hint = err.status === 401 ? ` — not signed in, or the session expired: ${LINK_HINT}.` : "";
     setStatus(`Could not load: ${err.message}${hint}`, "error");
   }
 }
@@ -652,12 +660,13 @@ function init() {
     }
   });
   $("#refresh").addEventListener("click", load);
+  $("#controls").addEventListener("submit", (event) => event.preventDefault());
   $("#view-invoices").addEventListener("click", viewInvoices);
   $("#detail-close").addEventListener("click", () => {
     $("#session-detail").hidden = true;
     document.querySelectorAll("#sessions tr.selected").forEach((r) => r.classList.remove("selected"));
   });
-  load();
+  signIn().then(load, (err) => setStatus(`Could not sign in: ${err.message} — ${LINK_HINT}.`, "error"));
 }
 
 init();

@@ -16,7 +16,10 @@ the room ends or the agent leaves, whichever comes first). Both rules make the e
 whatever order the deliveries come in, so totals are stable under redelivery and reordering.
 
 Roll-ups hold integer sums of *billable base units* (quantity x unit size: milliseconds, bytes,
-tokens, ...), which are exact, so month-to-date figures never go through floats.
+tokens, ...), which are exact, so month-to-date figures never go through floats. Every stored figure
+is a 64-bit integer: one record is bounded by validation (``records.MAX_RAW``), and a batch that
+would take a sum past ``MAX_STORED`` raises :class:`StoreLimit` in every store, which the collector
+answers as that batch's records ``rejected``: no other batch, in the same commit or not, is affected.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from ...records import UNIT_SIZE, MeterRecord, Resource, Unit
 
 __all__ = [
     "GROUPS",
+    "MAX_STORED",
     "ClosedMonth",
     "Outcome",
     "SessionFilter",
     "SessionRow",
     "Store",
+    "StoreLimit",
     "Stored",
     "UsageRow",
     "WebhookMark",
@@ -51,6 +56,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 _DAY_MS = 86_400_000
 _DAYS: dict[int, str] = {}  # days since the epoch -> ISO day, filled by day_of
+
+
+MAX_STORED = 2**63 - 1  # SQLite INTEGER and PostgreSQL BIGINT
+
+
+class StoreLimit(Exception):
+    """A batch would take a stored figure out of the exact range the store keeps (``MAX_STORED``).
+    The batch is not stored; the message says why, for each of its records' ``rejected`` reason."""
 
 
 class Outcome(str, Enum):
@@ -390,11 +403,17 @@ def rollup_keys(item: Stored) -> tuple[tuple[str, str, str, str, str, str, str, 
 
 
 def open_store(url: str) -> Store:
-    """A store for a database URL: ``sqlite:///path``, a plain path, or ``postgresql://...``."""
+    """A store for a database URL: ``sqlite:///path``, a plain path, or ``postgresql://...`` (nothing
+    is opened until ``open()``). Any other scheme is a ValueError, never a file named after it."""
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
         return PostgresStore(url)
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme and scheme != "sqlite":
+        raise ValueError(
+            f"unsupported database {scheme[:20]}://...: use sqlite:///path.db (the default) or postgresql://user@host/db"
+        )
     from .sqlite import SqliteStore
 
     return SqliteStore(sqlite_path(url) or "metering.db")
@@ -403,3 +422,11 @@ def open_store(url: str) -> Store:
 def sqlite_path(url: str) -> str:
     """The file of a SQLite URL, like SQLAlchemy: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``."""
     return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for logs and messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

@@ -19,7 +19,18 @@ from typing import Any
 import asyncpg
 
 from ...records import MeterRecord, Resource
-from .base import ClosedMonth, Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, WebhookMark, epoch_ms
+from .base import (
+    ClosedMonth,
+    Outcome,
+    SessionFilter,
+    SessionRow,
+    Store,
+    Stored,
+    StoreLimit,
+    UsageRow,
+    WebhookMark,
+    epoch_ms,
+)
 from .batch import plan_batch
 from .queries_sql import MONTH_COLUMNS, closed_month, session_query, session_row, usage_query, usage_row
 from .rows import COLUMNS, NAMES, READ_COLUMNS, record_row, stored_from_row
@@ -138,7 +149,15 @@ class PostgresStore(Store):
         return self._pool
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=self._min, max_size=self._max)
+        # synchronous_commit on, whatever the server's default: a batch is acknowledged only after its
+        # commit is flushed to the WAL on disk.
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=self._min,
+            max_size=self._max,
+            timeout=10,
+            server_settings={"synchronous_commit": "on"},
+        )
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -162,6 +181,10 @@ class PostgresStore(Store):
                     return await self._ingest_tx(conn, project, items)
             except (_Raced, asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                 log.debug("ingest retry", extra={"attempt": attempt + 1, "why": type(exc).__name__})
+            except asyncpg.DataError as exc:  # a value the columns cannot hold: a bigint sum out of range
+                raise StoreLimit(
+                    f"the store cannot hold this batch ({str(exc)[:120]}); nothing of it was stored"
+                ) from None
         raise RuntimeError(f"ingest did not settle after {_ATTEMPTS} attempts (heavy contention)")
 
     async def _ingest_tx(self, conn: Any, project: str, items: Sequence[Stored]) -> list[Outcome]:

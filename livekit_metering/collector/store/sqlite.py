@@ -15,14 +15,26 @@ import fcntl
 import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 from ...records import MeterRecord, Resource
-from .base import ClosedMonth, Outcome, SessionFilter, SessionRow, Store, Stored, UsageRow, WebhookMark, epoch_ms
+from .base import (
+    MAX_STORED,
+    ClosedMonth,
+    Outcome,
+    SessionFilter,
+    SessionRow,
+    Store,
+    Stored,
+    StoreLimit,
+    UsageRow,
+    WebhookMark,
+    epoch_ms,
+)
 from .batch import BatchPlan, Deltas, plan_batch
 from .queries_sql import MONTH_COLUMNS, closed_month, session_query, session_row, usage_query, usage_row
 from .rows import NAMES, READ_COLUMNS, record_row, stored_from_row
@@ -85,6 +97,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (project, number, customer)
     );
     """,
+    # 3: a roll-up sum past 2**63 - 1 would silently become a float in SQLite: refuse it instead.
+    """
+    CREATE TRIGGER rollup_exact_insert BEFORE INSERT ON rollup
+        WHEN typeof(NEW.billable) != 'integer' OR typeof(NEW.raw) != 'integer'
+        BEGIN SELECT RAISE(ABORT, 'rollup out of range'); END;
+    CREATE TRIGGER rollup_exact_update BEFORE UPDATE ON rollup
+        WHEN typeof(NEW.billable) != 'integer' OR typeof(NEW.raw) != 'integer'
+        BEGIN SELECT RAISE(ABORT, 'rollup out of range'); END;
+    """,
 ]
 
 _INSERT = f"INSERT INTO records ({', '.join(NAMES)})"
@@ -116,6 +137,33 @@ ON CONFLICT DO UPDATE SET
     agent_billable = CASE WHEN excluded.has_agent THEN excluded.agent_billable ELSE agent_billable END,
     agent_unit = CASE WHEN excluded.has_agent THEN excluded.agent_unit ELSE agent_unit END
 """
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements: each ends with ";" at the end of a line (a trigger's inner ";" does not)."""
+    return [part.strip() for part in script.split(";\n") if part.strip()]
+
+
+_LIMIT = "a stored total would leave the exact 64-bit range"
+
+
+@contextlib.contextmanager
+def _savepoint(db: sqlite3.Connection, name: str) -> Iterator[None]:
+    """Undo everything since entering on an exception; an int too large for SQLite or a roll-up out
+    of range (the migration-3 triggers) becomes StoreLimit."""
+    db.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except (OverflowError, sqlite3.IntegrityError) as exc:
+        db.execute(f"ROLLBACK TO {name}")
+        if isinstance(exc, OverflowError) or "rollup out of range" in str(exc):
+            raise StoreLimit(f"{_LIMIT} ({MAX_STORED:,} base units); nothing of this batch was stored") from None
+        raise
+    except BaseException:
+        db.execute(f"ROLLBACK TO {name}")
+        raise
+    finally:
+        db.execute(f"RELEASE {name}")
 
 
 def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> None:
@@ -151,6 +199,11 @@ def _select(db: sqlite3.Connection, project: str, ids: Sequence[str]) -> dict[st
     return found
 
 
+def _write_deltas(db: sqlite3.Connection, project: str, deltas: Deltas) -> None:
+    _insert(db, _ROLLUP, deltas.rollup_rows(project), _ROLLUP_CONFLICT)
+    _insert(db, _SESSION_UPSERT, deltas.session_rows(project), _SESSION_CONFLICT)
+
+
 class _Prepared(NamedTuple):
     """A batch planned against the rows a connection saw (``seen``), with the rows to write."""
 
@@ -170,6 +223,9 @@ class _Prepared(NamedTuple):
         _insert(db, _INSERT, self.inserts)
         if self.updates:
             db.executemany(_UPDATE, self.updates)
+
+
+_Pending = tuple[Sequence[Stored], _Prepared | None, "asyncio.Future[list[Outcome]]"]
 
 
 class SqliteStore(Store):
@@ -285,9 +341,8 @@ class SqliteStore(Store):
         current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
         for version, script in enumerate(MIGRATIONS, start=1):
             if version > current:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(script):
+                    db.execute(statement)
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
     async def close(self) -> None:
@@ -332,36 +387,60 @@ class SqliteStore(Store):
                     for *_, future in group:
                         future.set_exception(RuntimeError("the store is closed"))
                     return
+                by_project: dict[str, list[_Pending]] = {}
+                for project, items, prepared, future in group:
+                    by_project.setdefault(project, []).append((items, prepared, future))
                 done: list[tuple[asyncio.Future[list[Outcome]], list[Outcome]]] = []
-                deltas: dict[str, Deltas] = {}  # by project: one set of roll-up and session upserts
                 try:
                     async with self._transaction():  # durable (fsynced) before anyone is told "accepted"
-                        for project, items, prepared, future in group:
-                            db.execute("SAVEPOINT batch")
-                            try:
-                                plan = self._write(db, project, items, prepared)
-                            except Exception as exc:  # only this batch fails; the others still commit
-                                db.execute("ROLLBACK TO batch")
-                                future.set_exception(exc)
-                            else:
-                                done.append((future, plan.outcomes))
-                                if project in deltas:
-                                    deltas[project].merge(plan.deltas)
-                                else:
-                                    deltas[project] = plan.deltas
-                            db.execute("RELEASE batch")
-                        for project, merged in deltas.items():
-                            _insert(db, _ROLLUP, merged.rollup_rows(project), _ROLLUP_CONFLICT)
-                            _insert(db, _SESSION_UPSERT, merged.session_rows(project), _SESSION_CONFLICT)
+                        for project, batches in by_project.items():
+                            done += self._write_project(db, project, batches)
                 except BaseException as exc:
-                    for future, _ in done:
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("interrupted"))
+                    # Nothing of the group was committed: every batch still waiting fails with it.
+                    for *_, future in group:
+                        if not future.done():
+                            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("interrupted"))
                     if not isinstance(exc, Exception):
                         raise
                     continue
             for future, outcomes in done:
                 if not future.done():
                     future.set_result(outcomes)
+
+    def _write_project(
+        self, db: sqlite3.Connection, project: str, batches: list[_Pending]
+    ) -> list[tuple[asyncio.Future[list[Outcome]], list[Outcome]]]:
+        """Write one project's batches of a group commit, each in its own savepoint, then their roll-up
+        and session deltas at once. A batch that fails fails alone; when the shared roll-ups would leave
+        the exact range, the project's batches are planned and written again one by one, so only a batch
+        that takes a sum out of range is refused. Other projects never see either."""
+        written: list[tuple[asyncio.Future[list[Outcome]], Sequence[Stored], list[Outcome]]] = []
+        try:
+            with _savepoint(db, "project"):
+                merged = Deltas()
+                for items, prepared, future in batches:
+                    try:
+                        with _savepoint(db, "batch"):
+                            plan = self._write(db, project, items, prepared)
+                    except Exception as exc:
+                        future.set_exception(exc)
+                        continue
+                    written.append((future, items, plan.outcomes))
+                    merged.merge(plan.deltas)
+                _write_deltas(db, project, merged)
+        except StoreLimit:
+            done = []
+            for future, items, _ in written:
+                try:
+                    with _savepoint(db, "batch"):
+                        plan = self._write(db, project, items, None)
+                        _write_deltas(db, project, plan.deltas)
+                except Exception as exc:
+                    future.set_exception(exc)
+                else:
+                    done.append((future, plan.outcomes))
+            return done
+        return [(future, outcomes) for future, _, outcomes in written]
 
     @staticmethod
     def _write(db: sqlite3.Connection, project: str, items: Sequence[Stored], prepared: _Prepared | None) -> BatchPlan:
@@ -395,8 +474,7 @@ class SqliteStore(Store):
             if not items:
                 return []
             plan = self._write(db, project, items, None)
-            _insert(db, _ROLLUP, plan.deltas.rollup_rows(project), _ROLLUP_CONFLICT)
-            _insert(db, _SESSION_UPSERT, plan.deltas.session_rows(project), _SESSION_CONFLICT)
+            _write_deltas(db, project, plan.deltas)
             return plan.outcomes
 
     async def close_month(self, project: str, month: str, build: Callable[[int], ClosedMonth]) -> ClosedMonth | None:
