@@ -54,8 +54,11 @@ async def test_quotas_and_forecast_on_the_dashboard(chromium_path: str, tmp_path
                 page = await browser.new_page(viewport={"width": 1280, "height": 900})
                 errors: list[str] = []
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
-                token = sign(ttl=timedelta(minutes=10))
-                await page.goto(f"{url}/dashboard/?token={token}&month=2026-11&plan=ship")
+                page.on(
+                    "console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None
+                )
+                token = sign(ttl=timedelta(minutes=5))
+                await page.goto(f"{url}/dashboard/?month=2026-11&plan=ship#token={token}")
                 await page.wait_for_selector("body[data-loaded]", timeout=15_000)
                 text = page.locator
 
