@@ -64,10 +64,16 @@ def report(
     prices: Annotated[Optional[str], typer.Option(help="A price book TOML overriding the bundled prices.")] = None,  # noqa: UP045
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write to this file.")] = None,  # noqa: UP045
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    forecast: Annotated[
+        bool, typer.Option("--forecast", help="This month's invoice so far and projected to the month's end.")
+    ] = False,
 ) -> None:
     """Sessions and costs from a collector, a store or a records file, grouped and priced."""
     from .report import ReportError, write_command
 
+    if forecast:
+        _forecast(records, url, database, project, plan, prices, fmt, output, group_by, since, until)
+        return
     try:
         summary = write_command(
             path=records,
@@ -90,6 +96,38 @@ def report(
     if output:
         typer.echo(f"wrote {output}", err=True)
     _skipped(summary.skipped)
+
+
+def _forecast(
+    records: str | None,
+    url: str | None,
+    database: str | None,
+    project: str,
+    plan: str,
+    prices: str | None,
+    fmt: str,
+    output: str | None,
+    *unused: str | None,
+) -> None:
+    from pathlib import Path
+
+    from .forecast_report import run_forecast
+    from .report import ReportError
+
+    try:
+        if any(unused):
+            raise ReportError("--forecast covers this month: it takes no --group-by, --since or --until")
+        text = run_forecast(
+            path=records, url=url, database=database, project=project, plan=plan, prices=prices, fmt=fmt
+        )
+    except (ReportError, ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        typer.echo(text, nl=False)
 
 
 @app.command()

@@ -31,8 +31,11 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, overload
 
+from . import budgets
+from .budgets import JobBudget
 from .costlog import log_summary, summarize
 from .export.base import Exporter
 from .export.fallback import file_instead, with_fallback
@@ -96,6 +99,8 @@ class MeteredEntrypoint:
         hooks = _start(ctx, self.options)
         if hooks is None:
             return await self.__wrapped__(ctx)
+        if hooks.budget is not None and not await hooks.budget.admit():
+            return None  # refused before connecting (a customer over its budget): nothing is metered
         with use_meter(hooks.meter):
             try:
                 return await self.__wrapped__(ctx)
@@ -132,6 +137,13 @@ def metered(
     clock: Clock | None = ...,
     hosting: str | None = ...,
     phone_numbers: Iterable[str] | None = ...,
+    budget: str | int | float | Decimal | None = ...,
+    budget_warning: str | float | Decimal | None = ...,
+    on_budget_warning: budgets.BudgetCallback | None = ...,
+    on_limit: budgets.BudgetCallback | None = ...,
+    customer_budget: budgets.CustomerCap | str | int | float | None = ...,
+    customer_over_budget: str | None = ...,
+    budget_fail_closed: bool | None = ...,
 ) -> MeteredEntrypoint: ...
 
 
@@ -153,6 +165,13 @@ def metered(
     clock: Clock | None = ...,
     hosting: str | None = ...,
     phone_numbers: Iterable[str] | None = ...,
+    budget: str | int | float | Decimal | None = ...,
+    budget_warning: str | float | Decimal | None = ...,
+    on_budget_warning: budgets.BudgetCallback | None = ...,
+    on_limit: budgets.BudgetCallback | None = ...,
+    customer_budget: budgets.CustomerCap | str | int | float | None = ...,
+    customer_over_budget: str | None = ...,
+    budget_fail_closed: bool | None = ...,
 ) -> Callable[[Entrypoint], MeteredEntrypoint]: ...
 
 
@@ -173,6 +192,13 @@ def metered(
     clock: Clock | None = None,
     hosting: str | None = None,
     phone_numbers: Iterable[str] | None = None,
+    budget: str | int | float | Decimal | None = None,
+    budget_warning: str | float | Decimal | None = None,
+    on_budget_warning: budgets.BudgetCallback | None = None,
+    on_limit: budgets.BudgetCallback | None = None,
+    customer_budget: budgets.CustomerCap | str | int | float | None = None,
+    customer_over_budget: str | None = None,
+    budget_fail_closed: bool | None = None,
 ) -> MeteredEntrypoint | Callable[[Entrypoint], MeteredEntrypoint]:
     """Meter the agent session of every job this entrypoint runs.
 
@@ -194,7 +220,10 @@ def metered(
     - ``hosting`` (LIVEKIT_METERING_HOSTING): ``cloud``, ``self-hosted-on-cloud`` or ``self-hosted``;
       detected by default (see ``livekit_metering.hosting``);
     - ``phone_numbers`` (LIVEKIT_METERING_PHONE_NUMBERS, comma-separated): the project's LiveKit
-      Phone Numbers, to tell their calls from third-party trunk calls (see ``livekit_metering.telephony``).
+      Phone Numbers, to tell their calls from third-party trunk calls (see ``livekit_metering.telephony``);
+    - ``budget`` (LIVEKIT_METERING_SESSION_BUDGET), ``customer_budget`` (LIVEKIT_METERING_CUSTOMER_BUDGET),
+      ``budget_warning``, ``on_budget_warning``, ``on_limit``, ``customer_over_budget``,
+      ``budget_fail_closed``: a session's and a customer's spending caps (see ``livekit_metering.budgets``).
 
     A wrong keyword, or a wrong variable for an option left unset, raises InvalidOption here,
     saying what to write instead.
@@ -213,6 +242,13 @@ def metered(
         clock=clock,
         hosting=hosting,
         phone_numbers=phone_numbers,  # type: ignore[arg-type]  # checked, and made a tuple, by MeteringOptions
+        budget=budget,  # type: ignore[arg-type]  # checked, and made a Decimal, by MeteringOptions
+        budget_warning=budget_warning,  # type: ignore[arg-type]  # the same
+        on_budget_warning=on_budget_warning,
+        on_limit=on_limit,
+        customer_budget=customer_budget,  # type: ignore[arg-type]  # the same
+        customer_over_budget=customer_over_budget,
+        budget_fail_closed=budget_fail_closed,
     )
     options.check()  # the environment too: a typo fails here, at worker start-up, not in every job
     if fn is None:
@@ -229,17 +265,19 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
         exporter, owned = _exporter_or_fallback(options)
         url = _livekit_url(ctx)
         hosting, hosting_source = options.resolved_hosting(url)
+        attribution = _Attribution(ctx, options.resolved_customer(), options.attributes)
         meter = SessionMeter.for_job(
             ctx,
             exporter=exporter,
             policy=get_policy(options.resolved_policy()),
             checkpoint_interval=options.resolved_interval(),
             clock=options.clock,
-            attribution=_Attribution(ctx, options.resolved_customer(), options.attributes),
+            attribution=attribution,
             hosting=hosting,
             hosting_source=hosting_source,
         )
         hooks = _JobHooks(ctx, meter, options, exporter=exporter, owns_exporter=owned)
+        hooks.budget = _budget(ctx, meter, options, attribution.customer)
         hooks.preview = maybe_attach_preview(
             meter, option=options.resolved_preview(), plan=options.resolved_plan(), prices=options.resolved_prices()
         )
@@ -249,6 +287,33 @@ def _start(ctx: JobContext, options: MeteringOptions) -> _JobHooks | None:
     except Exception:
         logger.exception("livekit-metering could not start metering job %s; it runs unmetered", _job_id(ctx))
         return None
+
+
+def _budget(
+    ctx: JobContext, meter: SessionMeter, options: MeteringOptions, customer_of: Callable[[], str | None]
+) -> JobBudget | None:
+    """The job's budgets, checked on every record its meter writes (None: no budget set)."""
+    settings = options.resolved_budgets()
+    if not settings.any:
+        return None
+    from .pricing import PriceBook
+
+    prices = options.resolved_prices()
+    budget = JobBudget(
+        ctx,
+        settings,
+        book=PriceBook.load(prices) if prices else PriceBook.bundled(),
+        plan=options.resolved_plan(),
+        session_id=meter.session_id,
+        customer_of=customer_of,
+        session_time=lambda: meter.duration_ms,
+        policy=meter.policy,
+        url=options.resolve("url"),
+        api_key=os.environ.get("LIVEKIT_API_KEY") or None,
+        api_secret=os.environ.get("LIVEKIT_API_SECRET") or None,
+    )
+    meter.on_record(budget.guard.observe)
+    return budget
 
 
 def _livekit_url(ctx: JobContext) -> str:
@@ -283,19 +348,24 @@ class _Attribution:
         self._attributes = attributes
         self._found: str | None = None
 
-    def __call__(self) -> tuple[str | None, Mapping[str, str] | None]:
+    def customer(self) -> str | None:
+        """The job's customer, once found (then kept): the customer budget asks for it too."""
         if self._found is None and self._customer is not None:
             if isinstance(self._customer, str):
                 self._found = _customer_by_key(self._ctx, self._customer)
             else:
                 value = self._customer(self._ctx)
                 self._found = str(value) if value is not None and value != "" else None
+        return self._found
+
+    def __call__(self) -> tuple[str | None, Mapping[str, str] | None]:
+        customer = self.customer()
         attributes = None
         if self._attributes is not None:
             attributes = self._attributes(self._ctx)
             if not isinstance(attributes, Mapping):
                 raise TypeError(f"attributes= returned {type(attributes).__name__}, not a dict[str, str]")
-        return self._found, attributes
+        return customer, attributes
 
 
 def _customer_by_key(ctx: JobContext, key: str) -> str | None:
@@ -387,6 +457,7 @@ class _JobHooks:
         self.exporter = exporter
         self.owns_exporter = owns_exporter
         self.preview: CostPreview | None = None
+        self.budget: JobBudget | None = None
         self._runner_future: asyncio.Future[Any] | None = None
         self.observability = Observability(meter, ctx, livekit_url=_livekit_url(ctx))
         self.voice_isolation = VoiceIsolation(meter, find_input=self._room_audio_input)
@@ -405,12 +476,22 @@ class _JobHooks:
                 room = ctx.room.local_participant
                 if meter.connected(participant_sid=str(room.sid or ""), participant_identity=str(room.identity or "")):
                     self._watch_room()
+                    if self.budget is not None:
+                        self.budget.connected()
             except Exception:
                 logger.exception("livekit-metering: connect hook failed")
 
         def shutdown(reason: str = "user requested") -> None:
             try:
-                meter.end(EndCause.SHUTDOWN, shutdown_reason=reason or "user requested")
+                why = reason or "user requested"
+                reached = self.budget.reached if self.budget is not None else None
+                if reached is None:
+                    meter.end(EndCause.SHUTDOWN, shutdown_reason=why)
+                else:  # after a budget's limit was reached, a shutdown is the budget's doing (on_limit's)
+                    cap, spent = str(reached.cap), str(reached.spent)
+                    meter.end(
+                        EndCause.BUDGET, shutdown_reason=why, budget=reached.scope, budget_cap=cap, budget_spent=spent
+                    )
             except Exception:
                 logger.exception("livekit-metering: shutdown hook failed")
             original_shutdown(reason)

@@ -18,15 +18,18 @@ import os
 import pickle
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from . import budgets
 from .export.base import Exporter
 from .rates import RatePolicy, UnknownPolicy, get_policy
 
 if TYPE_CHECKING:
     from livekit.agents import JobContext
 
+    from .budgets import BudgetOptions
     from .hosting import Hosting
     from .session import Clock
 
@@ -206,6 +209,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("clock", None, _any),
         Setting("hosting", "LIVEKIT_METERING_HOSTING", _hosting),
         Setting("phone_numbers", "LIVEKIT_METERING_PHONE_NUMBERS", _phone_numbers, from_env=_comma_separated),
+        Setting("budget", "LIVEKIT_METERING_SESSION_BUDGET", budgets.usd),
+        Setting("budget_warning", "LIVEKIT_METERING_BUDGET_WARNING", budgets.fraction, Decimal("0.8")),
+        Setting("on_budget_warning", None, budgets.callback, budgets.log_budget_warning),
+        Setting("on_limit", None, budgets.callback, budgets.end_after_utterance),
+        Setting("customer_budget", "LIVEKIT_METERING_CUSTOMER_BUDGET", budgets.customer_cap),
+        Setting("customer_over_budget", "LIVEKIT_METERING_CUSTOMER_OVER_BUDGET", budgets.over_mode, "refuse"),
+        Setting("budget_fail_closed", "LIVEKIT_METERING_BUDGET_FAIL_CLOSED", _switch, False),
     )
 }
 
@@ -250,6 +260,13 @@ class MeteringOptions:
     clock: Clock | None = None  # for tests: a controllable clock
     hosting: str | None = None
     phone_numbers: tuple[str, ...] | None = None
+    budget: Decimal | None = None
+    budget_warning: Decimal | None = None
+    on_budget_warning: budgets.BudgetCallback | None = None
+    on_limit: budgets.BudgetCallback | None = None
+    customer_budget: budgets.CustomerCap | None = None
+    customer_over_budget: str | None = None
+    budget_fail_closed: bool | None = None
 
     def __post_init__(self) -> None:
         for name, setting in SETTINGS.items():
@@ -328,6 +345,19 @@ class MeteringOptions:
         from .telephony import parse_numbers
 
         return parse_numbers(self.resolve("phone_numbers"))
+
+    def resolved_budgets(self) -> BudgetOptions:
+        from .budgets import BudgetOptions
+
+        return BudgetOptions(
+            session=self.resolve("budget"),
+            customer=self.resolve("customer_budget"),
+            warn_at=self.resolve("budget_warning"),
+            on_warning=self.resolve("on_budget_warning"),
+            on_limit=self.resolve("on_limit"),
+            customer_over=self.resolve("customer_over_budget"),
+            fail_closed=self.resolve("budget_fail_closed"),
+        )
 
     def check_picklable(self) -> None:
         """The PROCESS executor pickles the entrypoint with its options: fail early and say which one."""

@@ -71,6 +71,7 @@ class EndCause(str, Enum):
     AGENT_DISCONNECTED = "agent_disconnected"  # disconnected for any other reason
     JOB_CRASHED = "job_crashed"  # the entrypoint raised
     WORKER_SHUTDOWN = "worker_shutdown"  # the worker closed the job ("parent process shutdown")
+    BUDGET = "budget"  # ctx.shutdown() after a budget's limit was reached (budgets.py)
 
 
 Attribution = Callable[[], tuple[str | None, Mapping[str, str] | None]]

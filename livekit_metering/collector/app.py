@@ -25,6 +25,7 @@ from .invoice_formats import invoice_list, rendered
 from .invoices import Billing, month_of
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .openapi import openapi_spec
+from .outlook import Outlook
 from .phone_numbers import PhoneBook
 from .pricing import Pricer
 from .queries import BadQuery, Queries
@@ -83,6 +84,7 @@ class Collector:
             grace=config.invoice_grace or timedelta(hours=24),
             write_rentals=self._write_rentals,
         )
+        self.outlook = Outlook(store, pricer, lambda project: config.settings.project(project).plan, config.clock)
 
     @property
     def projects(self) -> list[str]:
@@ -102,7 +104,7 @@ class Collector:
         await self.phones.write_rentals(self.store, project, month, get_policy(self.config.settings.policy))
 
     async def sweep(self) -> None:
-        """Close stale usage, keep phone number rentals current, close the months that are due."""
+        """Close stale usage, keep phone number rentals current, close the months that are due, warn of quotas."""
         now = self.config.clock()
         if self.config.close_stale_after is not None:
             closed = await self.webhooks.close_stale(now, self.config.close_stale_after, self.config.close_joins_after)
@@ -111,6 +113,8 @@ class Collector:
             for project in self.projects:
                 await self._write_rentals(project, month_of(now))
                 await self.billing.close_due(project, now)
+        for project in self.projects:
+            await self.outlook.check(project)
 
     async def ingest(self, project: str, body: bytes, encoding: str | None) -> list[dict[str, str]]:
         checked = check_batch(inflate(body, encoding, self.limits), self.limits, now=self.config.clock())
@@ -320,6 +324,21 @@ async def get_invoice(request: web.Request) -> web.Response:
     return web.json_response(await _collector(request).queries.invoice(project.name, request.query))
 
 
+async def get_quotas(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    return web.json_response(await _collector(request).outlook.quotas(project.name, request.query))
+
+
+async def get_forecast(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    return web.json_response(await _collector(request).outlook.forecast(project.name, request.query))
+
+
+async def get_spend(request: web.Request) -> web.Response:
+    project = _query_project(request)
+    return web.json_response(await _collector(request).outlook.spend(project.name, request.query))
+
+
 async def get_invoices(request: web.Request) -> web.Response:
     project = _query_project(request)
     return web.json_response(await invoice_list(_collector(request).store, project.name))
@@ -353,7 +372,12 @@ async def get_healthz(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    body = _collector(request).metrics.render()
+    collector = _collector(request)
+    body = collector.metrics.render()
+    try:
+        body += await collector.outlook.gauges(collector.projects)
+    except Exception:  # the store is down: the request metrics still answer
+        log.exception("quota gauges failed")
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -433,14 +457,12 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
         await the_store.open()
         app[COLLECTOR] = Collector(config, the_store)
         log.info("collector started", extra={"database": redacted(config.database), "projects": len(config.keys)})
-        sweeps = config.close_stale_after is not None or config.invoice_grace is not None
-        sweeper = asyncio.create_task(_sweep(app[COLLECTOR])) if sweeps else None
+        sweeper = asyncio.create_task(_sweep(app[COLLECTOR]))  # quota warnings, at least
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
-                await asyncio.gather(sweeper, return_exceptions=True)
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await the_store.close()
             log.info("collector stopped")
 
@@ -451,6 +473,9 @@ def create_app(config: CollectorConfig | None = None, *, store: Store | None = N
     app.router.add_get("/v1/sessions/{session_id}/records", get_session_records)
     app.router.add_get("/v1/usage", get_usage)
     app.router.add_get("/v1/invoice", get_invoice)
+    app.router.add_get("/v1/quotas", get_quotas)
+    app.router.add_get("/v1/forecast", get_forecast)
+    app.router.add_get("/v1/spend", get_spend)
     app.router.add_get("/v1/invoices", get_invoices)
     app.router.add_get("/v1/invoices/{number}", get_issued_invoice)
     app.router.add_get("/v1/invoices/{number}/statements/{customer}", get_issued_invoice)

@@ -236,6 +236,57 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {"200": {"description": "the invoice JSON"}, "400": _ERROR, "401": _ERROR},
                 }
             },
+            "/v1/quotas": {
+                "get": {
+                    "summary": "Plan quotas this month: used, included, remaining, and when the recent run-rate "
+                    "uses each up (Build's are hard caps)",
+                    "parameters": [
+                        _q("month", "YYYY-MM (default: this month)"),
+                        _q("plan", "plan (default: the project's)", type="string", enum=["build", "ship", "scale"]),
+                        _q("days", "run-rate window in days, 1-31 (default 7)", type="integer"),
+                    ],
+                    "responses": {
+                        "200": {"description": '{"month", "plan", "as_of", "hard_caps", "run_rate", "quotas": [...]}'},
+                        "400": _ERROR,
+                        "401": _ERROR,
+                    },
+                }
+            },
+            "/v1/forecast": {
+                "get": {
+                    "summary": "Month-end forecast of the invoice from month-to-date usage and the recent daily "
+                    "run-rate, with its method",
+                    "parameters": [
+                        _q("month", "YYYY-MM (default: this month)"),
+                        _q("plan", "plan (default: the project's)", type="string", enum=["build", "ship", "scale"]),
+                        _q("days", "run-rate window in days, 1-31 (default 7)", type="integer"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": '{"method", "method_text", "run_rate", "days_left", "month_to_date", '
+                            '"total", "nothing_due", "invoice", "usage"}'
+                        },
+                        "400": _ERROR,
+                        "401": _ERROR,
+                    },
+                }
+            },
+            "/v1/spend": {
+                "get": {
+                    "summary": "A customer's (or the project's) usage this month at the plan's list prices, "
+                    "before included quotas and credits (what a customer budget is checked against)",
+                    "parameters": [
+                        _q("customer", "the records' customer (default: the whole project)"),
+                        _q("exclude_session", "leave out this session's records (a running session adds its own)"),
+                        _q("plan", "plan (default: the project's)", type="string", enum=["build", "ship", "scale"]),
+                    ],
+                    "responses": {
+                        "200": {"description": '{"customer", "month", "plan", "as_of", "cost", "unpriced"}'},
+                        "400": _ERROR,
+                        "401": _ERROR,
+                    },
+                }
+            },
             "/v1/invoices": {
                 "get": {
                     "summary": "Issued invoices, newest first, and the months closed with nothing due",

@@ -440,15 +440,105 @@ function renderInvoice(invoice) {
         el("td", { class: "num" }, l.unit === "usd" ? usd(l.billable) : qty(l.billable)),
         el("td", { class: "num small" }, unitPrice),
         el("td", { class: "num", "data-field": "amount" }, amount),
+        el("td", { class: "num forecast", "data-field": "forecast" }),
       );
     }),
   );
-  if (!lines.length) body.append(el("tr", {}, el("td", { colSpan: 6, class: "empty" }, "No usage this month.")));
+  if (!lines.length) body.append(el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "No usage this month.")));
   const due = invoice.nothing_due || invoice.total === undefined || invoice.total === null ? "Nothing due" : usd(invoice.total);
   $("#invoice-total").textContent = due;
   $("#kpi-invoice").textContent = due;
   $("#invoice-meta").textContent = `${invoice.month} · ${invoice.plan} plan · ${invoice.currency || "USD"}` +
     (invoice.price_date ? ` · prices as of ${invoice.price_date}` : "");
+}
+
+// ---- plan quotas and the month-end forecast ------------------------------------------------------------
+const QUOTA_LABELS = { inference_credits: "LiveKit Inference credits", transcode: "Recording, export and import" };
+const QUOTA_UNITS = { gb: "GB", number_month: "number-months", minute: "minutes", event: "events" };
+const quotaAmount = (text, unit) => (unit === "usd" ? usd(text) : `${qty(text)} ${QUOTA_UNITS[unit] || unit}`);
+const shortDay = (iso) => new Date(iso + "T00:00:00Z").toLocaleDateString("en-GB", { day: "numeric", month: "short", timeZone: "UTC" });
+
+function runsOut(q) {
+  if (q.exhausted_on) return `used up on ${shortDay(q.exhausted_on)}` + (q.hard_cap ? ": LiveKit refuses more" : "");
+  if (q.exhausts_on) return `at this rate on ${shortDay(q.exhausts_on)}`;
+  return q.per_day === null ? "rented per month" : "not this month";
+}
+
+function renderQuotas(doc) {
+  $("#quotas-meta").textContent = `${doc.month} · ${doc.plan} plan · run-rate of the last ${qty(doc.run_rate.days)} days · ${doc.note}`;
+  $("#quota-table tbody").replaceChildren(
+    ...doc.quotas.map((q) => {
+      const fill = el("div", { class: "fill" });
+      fill.style.width = `${Math.min(100, asNumber(q.percent))}%`;
+      return el(
+        "tr",
+        { "data-quota": q.quota, "data-level": q.level },
+        el("td", { title: q.resources.join(", ") }, QUOTA_LABELS[q.quota] || label(q.quota),
+          q.hard_cap ? el("span", { class: "badge hard-cap" }, "hard cap") : ""),
+        el("td", {}, el("div", { class: `meter level-${q.level}`, title: `${q.percent} %` }, fill)),
+        el("td", { class: "num", "data-field": "used" }, `${quotaAmount(q.used, q.unit)} · ${q.percent} %`),
+        el("td", { class: "num", "data-field": "included" }, quotaAmount(q.included, q.unit)),
+        el("td", { class: "num", "data-field": "remaining" }, quotaAmount(q.remaining, q.unit)),
+        el("td", { class: "num", "data-field": "per-day" }, q.per_day === null ? "—" : quotaAmount(q.per_day, q.unit)),
+        el("td", { class: "runs-out", "data-field": "runs-out" }, runsOut(q)),
+      );
+    }),
+  );
+}
+
+// The forecast's lines go next to the invoice preview's: matched by resource, model and order.
+function lineKeys(lines) {
+  const seen = new Map();
+  return lines.map((l) => {
+    const key = `${l.resource}|${l.model || ""}`;
+    seen.set(key, (seen.get(key) || 0) + 1);
+    return `${key}|${seen.get(key)}`;
+  });
+}
+
+function forecastCell(cell, line) {
+  const amount = line.amount === null ? "unpriced" : usd(line.amount);
+  const projected = line.resource === "plan_fee" || line.unit === "usd" ? "" : invoiceQuantity(line.quantity, line.unit);
+  cell.replaceChildren(amount, projected ? el("span", { class: "sub" }, projected) : "");
+}
+
+function renderForecast(doc) {
+  const body = $("#invoice tbody");
+  const rows = [...body.querySelectorAll("tr[data-resource]")];
+  const shown = new Map(lineKeys(rows.map((r) => ({ resource: r.dataset.resource, model: r.dataset.model }))).map((k, i) => [k, rows[i]]));
+  const lines = doc.invoice.lines;
+  lineKeys(lines).forEach((key, i) => {
+    let row = shown.get(key);
+    if (!row) { // usage the month has not seen yet, only its run-rate (the window reaches into last month)
+      const l = lines[i];
+      row = el("tr", { "data-resource": l.resource, "data-model": l.model || "" },
+        el("td", { class: "item" }, l.description), ...[1, 2, 3, 4, 5].map(() => el("td", { class: "num nil" }, "—")),
+        el("td", { class: "num forecast", "data-field": "forecast" }));
+      body.querySelector("td.empty")?.parentElement.remove();
+      body.append(row);
+    }
+    forecastCell(row.querySelector('[data-field="forecast"]'), lines[i]);
+  });
+  const due = doc.nothing_due ? "Nothing due" : usd(doc.total);
+  $("#forecast-total").textContent = due;
+  $("#kpi-forecast").textContent = due;
+  $("#forecast-method").textContent = `Month-end forecast, ${qty(doc.days_left)} days left: ${doc.method_text}`;
+}
+
+// Quotas and forecast never stop the page: a month not begun, say, is said in their cards.
+async function loadOutlook(month, plan) {
+  const [quotas, forecast] = await Promise.allSettled([api("/v1/quotas", { month, plan }), api("/v1/forecast", { month, plan })]);
+  if (quotas.status === "fulfilled") renderQuotas(quotas.value);
+  else {
+    $("#quotas-meta").textContent = `No quotas: ${quotas.reason.message}`;
+    $("#quota-table tbody").replaceChildren();
+  }
+  if (forecast.status === "fulfilled") renderForecast(forecast.value);
+  else {
+    $("#forecast-method").textContent = `No forecast: ${forecast.reason.message}`;
+    $("#forecast-total").textContent = "–";
+    $("#kpi-forecast").textContent = "–";
+  }
 }
 
 // ---- statements: issued invoices ----------------------------------------------------------------------
@@ -543,6 +633,7 @@ async function load() {
       (sessions.sessions.length >= SESSION_LIMIT ? `the newest ${SESSION_LIMIT} · ` : "") + "click a session to see its records";
     renderSessions(sessions.sessions, showSession);
     renderInvoice(invoice);
+    await loadOutlook(month, plan);
     setStatus(`Updated ${new Date().toISOString().slice(11, 19)} UTC`, "ok");
     document.body.dataset.loaded = month + ":" + plan;
   } catch (err) {
@@ -559,7 +650,7 @@ function init() {
   if (plan && [...$("#plan").options].some((o) => o.value === plan)) $("#plan").value = plan;
   $("#month").addEventListener("change", load);
   $("#plan").addEventListener("change", async () => {
-    // Only the invoice depends on the plan.
+    // Only the invoice, quotas and forecast depend on the plan.
     const plan = $("#plan").value;
     $("#kpi-plan").textContent = plan[0].toUpperCase() + plan.slice(1);
     const next = new URL(location.href);
@@ -567,6 +658,7 @@ function init() {
     history.replaceState(null, "", next);
     try {
       renderInvoice(await api("/v1/invoice", { month: $("#month").value, plan }));
+      await loadOutlook($("#month").value, plan);
       document.body.dataset.loaded = $("#month").value + ":" + plan;
     } catch (err) {
       setStatus(`Could not load the invoice: ${err.message}`, "error");

@@ -362,8 +362,10 @@ class Store(abc.ABC):
     async def session_records(self, project: str, session_ids: Sequence[str]) -> list[MeterRecord]: ...
 
     @abc.abstractmethod
-    async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
-        """Summed usage for days ``since`` <= day < ``until`` (UTC), grouped."""
+    async def usage(
+        self, project: str, since: date, until: date, group_by: str, *, key: str | None = None
+    ) -> list[UsageRow]:
+        """Summed usage for days ``since`` <= day < ``until`` (UTC), grouped; ``key``: only that group's."""
 
     @abc.abstractmethod
     async def first_usage_day(self, project: str) -> date | None:

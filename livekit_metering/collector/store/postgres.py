@@ -324,8 +324,10 @@ class PostgresStore(Store):
         )
         return [stored_from_row(tuple(row)).record for row in rows]
 
-    async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
-        sql, args = usage_query(project, since, until, group_by, "$")
+    async def usage(
+        self, project: str, since: date, until: date, group_by: str, *, key: str | None = None
+    ) -> list[UsageRow]:
+        sql, args = usage_query(project, since, until, group_by, "$", key=key)
         return [usage_row(tuple(row)) for row in await self.pool.fetch(sql, *args)]
 
     async def room_finished_ms(self, project: str, room_sid: str) -> int | None:

@@ -72,22 +72,29 @@ def _day_ms(day: date) -> int:
     return epoch_ms(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
 
 
-def usage_query(project: str, since: date, until: date, group_by: str, style: str) -> tuple[str, list[Any]]:
+def usage_query(
+    project: str, since: date, until: date, group_by: str, style: str, *, key: str | None = None
+) -> tuple[str, list[Any]]:
+    """Summed usage per day; ``key``: only that group key's (a customer's, say)."""
     dim, col = GROUPS[group_by]
     p = _Params(style)
     if group_by == "room":
+        where = f"project = {p(project)} AND start_ms >= {p(_day_ms(since))} AND start_ms < {p(_day_ms(until))}"
+        if key is not None:
+            where += f" AND room = {p(key)}"
         return (
             "SELECT room, resource, unit, model, provider, SUM(billable), SUM(raw), COUNT(*), language, day"
-            " FROM records"
-            f" WHERE project = {p(project)} AND start_ms >= {p(_day_ms(since))} AND start_ms < {p(_day_ms(until))}"
+            f" FROM records WHERE {where}"
             " GROUP BY room, resource, unit, model, provider, language, day"
             " ORDER BY room, resource, unit, model, provider, language, day"
         ), p.args
+    where = f"project = {p(project)} AND dim = {p(dim)}"
+    where += f" AND day >= {p(since.isoformat())} AND day < {p(until.isoformat())}"
+    if key is not None:
+        where += f" AND {col} = {p(key)}"
     return (
         f"SELECT {col}, resource, unit, model, provider, SUM(billable), SUM(raw), SUM(records), language, day"
-        " FROM rollup"
-        f" WHERE project = {p(project)} AND dim = {p(dim)} AND day >= {p(since.isoformat())}"
-        f" AND day < {p(until.isoformat())}"
+        f" FROM rollup WHERE {where}"
         f" GROUP BY {col}, resource, unit, model, provider, language, day"
         f" ORDER BY {col}, resource, unit, model, provider, language, day"
     ), p.args

@@ -588,8 +588,10 @@ class SqliteStore(Store):
 
         return await self._run(read)
 
-    async def usage(self, project: str, since: date, until: date, group_by: str) -> list[UsageRow]:
-        sql, args = usage_query(project, since, until, group_by, "?")
+    async def usage(
+        self, project: str, since: date, until: date, group_by: str, *, key: str | None = None
+    ) -> list[UsageRow]:
+        sql, args = usage_query(project, since, until, group_by, "?", key=key)
 
         def read() -> list[UsageRow]:
             return [usage_row(row) for row in self.db.execute(sql, args)]
