@@ -19,12 +19,13 @@ What runs is the production path, with only the LiveKit server and the paid prov
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -210,17 +211,30 @@ async def run_demo(
         PriceBook.bundled().plan(plan)  # before anything starts
     except UnknownPlan as exc:
         raise DemoError(str(exc)) from None
-    # The worker's own logs (dev-mode notices about warm processes and loop stalls) would bury the
-    # demo's output; errors still show.
-    for name in ("livekit", "livekit.agents", "livekit_metering", "livekit_metering.collector"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     if keep is not None:
         await asyncio.to_thread(_check_keep, keep)
-    if workdir is not None:
-        await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-        return await _run_in(workdir, console, plan, script, keep)
-    with tempfile.TemporaryDirectory(prefix="livekit-metering-demo-") as tmp:
-        return await _run_in(Path(tmp), console, plan, script, keep)
+    with _only_errors("livekit", "livekit.agents", "livekit_metering", "livekit_metering.collector"):
+        if workdir is not None:
+            await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+            return await _run_in(workdir, console, plan, script, keep)
+        with tempfile.TemporaryDirectory(prefix="livekit-metering-demo-") as tmp:
+            return await _run_in(Path(tmp), console, plan, script, keep)
+
+
+@contextlib.contextmanager
+def _only_errors(*names: str) -> Iterator[None]:
+    """The worker's own logs (dev-mode notices about warm processes and loop stalls) would bury the
+    demo's output: errors only while it runs, the levels as they were after (the demo may run in
+    another program's process)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _check_keep(keep: Path) -> None:

@@ -149,7 +149,7 @@ async def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> N
 async def test_a_client_that_goes_away_mid_body_is_logged_at_info(
     collector: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="livekit_metering.collector")
     body = body_of([rec("GONE", f"llm-{i}") for i in range(200)])
     await raw_exchange(collector, post_head(sign(body), len(body)), body[:1000], close=True)
     for _ in range(100):
