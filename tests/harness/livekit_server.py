@@ -656,14 +656,17 @@ def _agent_left(stack: Stack, room: str) -> Webhook | None:
 
 
 async def _checkpoint_stored(collector: CollectorClient, room: str) -> MeterRecord:
-    """A periodic checkpoint of the room's session (not the zero-length one at connect), once stored."""
+    """A periodic checkpoint of the room's session (not the zero-length one at connect), once stored
+    together with one of its STT stream's (a kill before that would leave the stream unrecorded)."""
 
     async def stored() -> MeterRecord | None:
         session = await collector.session(room)
         if session is None:
             return None
-        found = session_time(await collector.records(session["session_id"]))
-        return found if found.status is Status.CHECKPOINT and found.raw > 0 else None
+        records = await collector.records(session["session_id"])
+        found = session_time(records)
+        stt = any(r.resource is Resource.STT and r.raw > 0 for r in records)
+        return found if found.status is Status.CHECKPOINT and found.raw > 0 and stt else None
 
     return await until(stored, f"a checkpoint of the session in {room}")
 
