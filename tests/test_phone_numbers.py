@@ -46,8 +46,9 @@ def test_one_number_month_per_number_rented_in_the_month() -> None:
         ({"plan": "gold"}, "plan 'gold'"),
         ({"policy": "per-fortnight"}, "unknown rate policy 'per-fortnight'"),
         ({"colour": "blue"}, "unknown keys ['colour']"),
-        ({"projects": {"acme": {"plan": "ship", "seats": 3}}}, "projects.acme may set plan and livekit_url only"),
+        ({"projects": {"acme": {"plan": "ship", "seats": 3}}}, "projects.acme may set plan, livekit_url and"),
         ({"livekit_url": "acme.livekit.cloud"}, "must be an https://"),
+        ({"projects": {"acme": {"livekit_server": "mine"}}}, "livekit_server 'mine' (acme) is not one of"),
         ({"phone_numbers": [{"number": "12", "since": date(2026, 1, 1)}]}, "number must be a phone number"),
         ({"phone_numbers": [{"number": "+14155550100"}]}, "since (and until, if given) must be TOML dates"),
         (

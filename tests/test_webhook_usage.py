@@ -374,3 +374,36 @@ def test_times_in_a_webhook_are_bounded_by_when_it_was_sent() -> None:
         )
         == []
     )
+
+
+@pytest.mark.parametrize("server", ["cloud", "self-hosted"])
+async def test_a_self_hosted_servers_usage_is_metered_but_not_billed(
+    database: str, http: aiohttp.ClientSession, server: str
+) -> None:
+    hooks, _ = build_month()
+    settings = parse_settings({**SETTINGS, "projects": {"acme": {"livekit_server": server}}})
+    async with run_collector(database, KEYS, settings=settings, clock=Clock(REPLAYED_AT)) as url:
+        for hook in hooks:
+            await deliver(http, url, hook)
+        # Metered the same either way: every usage, each rounded on its own.
+        totals = await month_totals(http, url)
+        assert totals["connection"] == EXPECTED["connection"] + 1  # the self-hosted agent at the webhook's 3 minutes
+        assert {k: v for k, v in totals.items() if k != "connection"} == {
+            k: v for k, v in EXPECTED.items() if k not in ("connection", "agent_session")
+        }
+        providers = {
+            r["provider"]
+            for room in ("room:RM_A", "room:RM_B", "room:RM_C")
+            for r in (await records_of(http, url, room)).values()
+        }
+        invoice = await api(http, url, "/v1/invoice", month=MONTH)
+    billed = {line["resource"] for line in invoice["lines"] if "resource" in line}
+    if server == "cloud":
+        assert providers == {""}
+        assert {"connection", "sip_inbound", "transcode", "stream_import"} <= billed
+        assert not invoice["not_billed_by_livekit"]
+    else:
+        # Your own server's usage is shown, not invoiced: LiveKit never sees it.
+        assert providers == {"self-hosted"}
+        assert not billed & {"connection", "sip_inbound", "sip_trunk", "transcode", "stream_import", "track_egress"}
+        assert invoice["not_billed_by_livekit"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..hosting import NOT_BILLED_PROVIDER
 from ..rates import get_policy
 from .auth import AuthError, KeyRing, Project
 from .config import Limits
@@ -97,7 +98,13 @@ class Collector:
 
     def _rules(self, project: str) -> UsageRules:
         settings = self.config.settings
-        return UsageRules(get_policy(settings.policy), self.phones.livekit_numbers(project), settings.customer_key)
+        own_server = settings.project(project).livekit_server == "self-hosted"
+        return UsageRules(
+            get_policy(settings.policy),
+            self.phones.livekit_numbers(project),
+            settings.customer_key,
+            provider=NOT_BILLED_PROVIDER if own_server else "",
+        )
 
     async def _write_rentals(self, project: str, month: str) -> None:
         await self.phones.refresh(project)

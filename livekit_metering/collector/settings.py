@@ -6,10 +6,13 @@ themselves. From ``serve --config collector.toml`` (every key optional)::
     policy = "minute-increments"     # rounds the usage derived from webhooks
     customer_key = "customer_id"     # participant attribute (or room metadata key) naming the customer
     livekit_url = "https://acme.livekit.cloud"   # read phone numbers from SIP dispatch rules
+    livekit_server = "cloud"         # or "self-hosted": your own LiveKit server sends the webhooks, so
+                                     # the usage they give is metered but not billed by LiveKit
 
     [projects.acme]                  # per project (the project of an API key in --keys)
     plan = "scale"
     livekit_url = "https://acme.livekit.cloud"
+    livekit_server = "cloud"
 
     [[phone_numbers]]                # the project's LiveKit Phone Numbers, with their active dates
     project = "acme"                 # default "default"
@@ -36,7 +39,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["PhoneNumber", "ProjectSettings", "Settings", "SettingsError"]
+__all__ = ["LIVEKIT_SERVERS", "PhoneNumber", "ProjectSettings", "Settings", "SettingsError"]
+
+LIVEKIT_SERVERS = ("cloud", "self-hosted")
+_PER_PROJECT = ("plan", "livekit_url", "livekit_server")
 
 
 class SettingsError(ValueError):
@@ -62,6 +68,7 @@ class ProjectSettings:
     plan: str = "ship"
     livekit_url: str = ""
     numbers: tuple[PhoneNumber, ...] = ()
+    livekit_server: str = "cloud"
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class _Own:
     plan: str | None = None
     livekit_url: str | None = None
     numbers: tuple[PhoneNumber, ...] = ()
+    livekit_server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class Settings:
     policy: str = "minute-increments"
     customer_key: str = ""
     livekit_url: str = ""
+    livekit_server: str = "cloud"
     own: Mapping[str, _Own] = field(default_factory=dict)
 
     def project(self, name: str) -> ProjectSettings:
@@ -87,6 +96,7 @@ class Settings:
             plan=own.plan or self.plan,
             livekit_url=self.livekit_url if own.livekit_url is None else own.livekit_url,
             numbers=own.numbers,
+            livekit_server=own.livekit_server or self.livekit_server,
         )
 
     @property
@@ -112,23 +122,22 @@ class Settings:
 
 
 def parse_settings(doc: Mapping[str, Any], where: str = "settings") -> Settings:
-    known = {"plan", "policy", "customer_key", "livekit_url", "projects", "phone_numbers"}
+    known = {"plan", "policy", "customer_key", "livekit_url", "livekit_server", "projects", "phone_numbers"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise SettingsError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
-    top = {key: _text(doc, key, where) for key in ("plan", "policy", "customer_key", "livekit_url") if key in doc}
+    texts = ("plan", "policy", "customer_key", "livekit_url", "livekit_server")
+    top = {key: _text(doc, key, where) for key in texts if key in doc}
     own: dict[str, _Own] = {}
     table = doc.get("projects", {})
     if not isinstance(table, dict):
         raise SettingsError(f"{where}: [projects.<name>] must be tables")
     for name, entry in table.items():
-        if not isinstance(entry, dict) or set(entry) - {"plan", "livekit_url"}:
-            raise SettingsError(f"{where}: projects.{name} may set plan and livekit_url only")
+        if not isinstance(entry, dict) or set(entry) - set(_PER_PROJECT):
+            raise SettingsError(f"{where}: projects.{name} may set plan, livekit_url and livekit_server only")
         label = f"{where}: projects.{name}"
-        own[name] = _Own(
-            plan=_text(entry, "plan", label) if "plan" in entry else None,
-            livekit_url=_text(entry, "livekit_url", label) if "livekit_url" in entry else None,
-        )
+        plan, url, server = (_text(entry, key, label) if key in entry else None for key in _PER_PROJECT)
+        own[name] = _Own(plan=plan, livekit_url=url, livekit_server=server)
     numbers = doc.get("phone_numbers", [])
     if not isinstance(numbers, list):
         raise SettingsError(f"{where}: phone numbers are [[phone_numbers]] entries")
@@ -172,6 +181,11 @@ def _checked(settings: Settings, where: str) -> Settings:
             raise SettingsError(f"{where}: plan {project.plan!r} ({name or 'default'}) is not one of {list(PLANS)}")
         if project.livekit_url and not project.livekit_url.startswith(("https://", "http://", "wss://", "ws://")):
             raise SettingsError(f"{where}: livekit_url {project.livekit_url!r} must be an https:// (or wss://) URL")
+        if project.livekit_server not in LIVEKIT_SERVERS:
+            raise SettingsError(
+                f"{where}: livekit_server {project.livekit_server!r} ({name or 'default'}) is not one of "
+                f"{list(LIVEKIT_SERVERS)}: cloud (LiveKit Cloud bills the usage) or self-hosted (your own server)"
+            )
     try:
         get_policy(settings.policy)
     except UnknownPolicy as exc:

@@ -51,11 +51,14 @@ _SKEW_MS = 5 * 60_000
 @dataclass(frozen=True)
 class UsageRules:
     """How one project's webhooks become usage: the policy that rounds it, the project's LiveKit phone
-    numbers (they decide a SIP call's class), and the participant attribute naming the customer."""
+    numbers (they decide a SIP call's class), the participant attribute naming the customer, and the
+    provider of the usage (``self-hosted`` when the project's own LiveKit server sends the webhooks:
+    metered, not billed by LiveKit)."""
 
     policy: RatePolicy
     livekit_numbers: Collection[str] = ()
     customer_key: str = ""
+    provider: str = ""
 
 
 def usage_of(event: Any, rules: UsageRules) -> list[Stored]:
@@ -226,6 +229,7 @@ def _record(
         end=from_ms(end_ms),
         status=Status.OK if final else Status.CHECKPOINT,
         meta=meta,
+        provider=rules.provider,
         **{k: v[:256] for k, v in fields.items()},
     )
     return Stored(record, by_webhook=True)
