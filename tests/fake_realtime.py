@@ -149,10 +149,7 @@ class FakeRealtimeSession(llm.RealtimeSession):
         self._tools = llm.ToolContext.empty()
         self._tasks: set[asyncio.Task[None]] = set()
         self._current: asyncio.Event | None = None  # set to interrupt the response in flight
-        self.opened_at = time.monotonic()
         self.closed_at: float | None = None
-        self.pushed_audio = 0
-        self.interrupts = 0
 
     @property
     def chat_ctx(self) -> llm.ChatContext:
@@ -175,7 +172,7 @@ class FakeRealtimeSession(llm.RealtimeSession):
         pass
 
     def push_audio(self, frame: rtc.AudioFrame) -> None:
-        self.pushed_audio += 1
+        pass
 
     def push_video(self, frame: rtc.VideoFrame) -> None:
         pass
@@ -200,7 +197,6 @@ class FakeRealtimeSession(llm.RealtimeSession):
         pass
 
     def interrupt(self) -> None:
-        self.interrupts += 1
         if self._current is not None:
             self._current.set()
 

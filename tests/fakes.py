@@ -83,10 +83,6 @@ class FakeLLM(llm.LLM):
     def provider(self) -> str:
         return self._provider
 
-    def update_options(self, **options: Any) -> None:
-        for name, value in options.items():
-            setattr(self, name, value)
-
     def chat(
         self,
         *,
@@ -170,10 +166,6 @@ class FakeSTT(stt.STT):
     @property
     def provider(self) -> str:
         return self._provider
-
-    def update_options(self, **options: Any) -> None:
-        for name, value in options.items():
-            setattr(self, name, value)
 
     async def _recognize_impl(
         self,

@@ -108,11 +108,11 @@ def _finalize(
         else:
             meta["estimate"] = ESTIMATE_METHOD
             meta["prompt_chars"] = prompt_chars = _prompt_chars(stream.chat_ctx)
-            estimated = _tokens(prompt_chars), 0, _tokens(output_chars)
+            estimated = estimated_tokens(prompt_chars), 0, estimated_tokens(output_chars)
             record_tokens(meter, usage, who, span, *estimated, Status.ESTIMATED, meta)
 
 
-def _tokens(chars: int) -> int:
+def estimated_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 

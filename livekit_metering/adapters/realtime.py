@@ -42,8 +42,8 @@ from livekit.agents.utils import aio
 from ..meter import Meter
 from ..records import Resource, Status
 from ._hooks import Hooks, metering_of, shadow, unmetered
-from ._usage import Attribution, Meta, Span, never_raises, record, resolve_meter
-from .llm import CHARS_PER_TOKEN, record_tokens
+from ._usage import Attribution, Meta, Span, logger, never_raises, record, resolve_meter
+from .llm import CHARS_PER_TOKEN, estimated_tokens, record_tokens
 
 __all__ = ["AUDIO_OUTPUT_MS_PER_TOKEN", "DUPLEX_HOOKS", "ESTIMATE_METHOD", "REALTIME_HOOKS"]
 
@@ -111,8 +111,7 @@ class _Session:
         self.who = Attribution.of(model)
         self.responses: dict[str, _Response] = {}  # created, figures not yet in, by response id
         self.time_usage = ""  # set once the session is known to be billed by time
-        self.reported_s = 0.0
-        self.reported = False
+        self.reported_s = 0.0  # session seconds the provider reported (0: none, bill the connection)
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -164,13 +163,13 @@ class _Session:
         if status is Status.CHECKPOINT:
             raw = max(connection_ms, provider_ms)
         else:
-            raw = provider_ms if self.reported else connection_ms  # the provider's figure, where it reports one
+            raw = provider_ms if self.reported_s > 0 else connection_ms  # the provider's figure, where it reports one
         meta: Meta = {
             "mode": "realtime_session",
             "outcome": outcome,
             "connection_ms": connection_ms,
             "provider_ms": provider_ms,
-            "basis": "provider" if self.reported and raw == provider_ms else "connection",
+            "basis": "provider" if self.reported_s > 0 and raw == provider_ms else "connection",
         }
         end = self.span.start + timedelta(milliseconds=connection_ms)
         fields: dict[str, Any] = {"usage": self.time_usage, "span": self.span, "who": self.who, "end": end}
@@ -211,8 +210,8 @@ class _Session:
 
     # -- usage -----------------------------------------------------------------------------------
 
-    def _who(self, metrics: Any, fallback: Attribution | None = None) -> Attribution:
-        who = fallback or self.who
+    def _who(self, metrics: Any) -> Attribution:
+        who = self.who
         metadata = getattr(metrics, "metadata", None)
         if metadata is None:
             return who
@@ -221,7 +220,6 @@ class _Session:
     def _on_realtime(self, metrics: RealtimeModelMetrics) -> None:
         if metrics.session_duration > 0:
             self.reported_s += metrics.session_duration
-            self.reported = True
             self.bill_time()
         tokens = _by_modality(metrics)
         response = self.responses.pop(metrics.request_id, None)
@@ -229,10 +227,7 @@ class _Session:
             if not any(tokens.values()):
                 return  # connection timing, or session time alone
             response = _Response(self.meter.next_usage("realtime"), Span(self.meter))
-        meta: Meta = {"mode": "realtime", "outcome": "cancelled" if metrics.cancelled else "completed"}
-        if metrics.request_id:
-            meta["request_id"] = metrics.request_id[:256]
-        status = Status.CANCELLED if metrics.cancelled else Status.OK
+        status, meta = _reported("realtime", metrics)
         self._record_response(response, tokens, status, meta, self._who(metrics))
 
     def _record_response(
@@ -251,8 +246,8 @@ class _Session:
         context_chars = _context_chars(self.session)
         for response in responses.values():
             tokens = {
-                Resource.REALTIME_INPUT_TEXT: _tokens(context_chars),
-                Resource.REALTIME_OUTPUT_TEXT: _tokens(response.chars),
+                Resource.REALTIME_INPUT_TEXT: estimated_tokens(context_chars),
+                Resource.REALTIME_OUTPUT_TEXT: estimated_tokens(response.chars),
                 Resource.REALTIME_OUTPUT_AUDIO: math.ceil(response.audio_ms / AUDIO_OUTPUT_MS_PER_TOKEN),
             }
             meta: Meta = {
@@ -268,10 +263,7 @@ class _Session:
     def _on_llm(self, metrics: LLMMetrics) -> None:
         # a duplex model's backend (delegated) LLM: tokens, as for any LLM request
         usage, span = self.meter.next_usage("llm"), Span(self.meter)
-        meta: Meta = {"mode": "delegated", "outcome": "cancelled" if metrics.cancelled else "completed"}
-        if metrics.request_id:
-            meta["request_id"] = metrics.request_id[:256]
-        status = Status.CANCELLED if metrics.cancelled else Status.OK
+        status, meta = _reported("delegated", metrics)
         prompt, cached, completion = metrics.prompt_tokens, metrics.prompt_cached_tokens, metrics.completion_tokens
         record_tokens(self.meter, usage, self._who(metrics), span, prompt, cached, completion, status, meta)
 
@@ -287,6 +279,14 @@ class _Session:
             record(self.meter, Resource.TRANSCRIPTION_OUTPUT, metrics.output_tokens, **fields)
         elif metrics.audio_duration:
             record(self.meter, Resource.STT, round(metrics.audio_duration * 1000), **fields)
+
+
+def _reported(mode: str, metrics: RealtimeModelMetrics | LLMMetrics) -> tuple[Status, Meta]:
+    """A response's status and meta from the figures its provider reported."""
+    meta: Meta = {"mode": mode, "outcome": "cancelled" if metrics.cancelled else "completed"}
+    if metrics.request_id:
+        meta["request_id"] = metrics.request_id[:256]
+    return (Status.CANCELLED if metrics.cancelled else Status.OK), meta
 
 
 def _by_modality(metrics: RealtimeModelMetrics) -> dict[Resource, int]:
@@ -322,10 +322,6 @@ def _by_modality(metrics: RealtimeModelMetrics) -> dict[Resource, int]:
     }
 
 
-def _tokens(chars: int) -> int:
-    return math.ceil(chars / CHARS_PER_TOKEN)
-
-
 def _context_chars(session: Any) -> int:
     with never_raises("reading a realtime session's context"):
         chars = 0
@@ -347,10 +343,12 @@ def _each(channel: Any, on_item: Any) -> None:
         on_item(item)
 
     def make(send: Any) -> Any:
-        def send_nowait(item: Any) -> None:
+        def send_nowait(item: Any) -> None:  # per output frame: a plain try, no context manager
             send(item)
-            with never_raises("watching a realtime response"):
+            try:
                 on_item(item)
+            except Exception:
+                logger.exception("livekit-metering failed while watching a realtime response")
 
         return send_nowait
 

@@ -90,9 +90,9 @@ def batch_body(records: Iterable[Any]) -> bytes:
     return json.dumps({"records": items}).encode()
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now, for a collector started in another process."""
-    with socket.socket() as sock:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A TCP (or ``SOCK_DGRAM``: UDP) port free on 127.0.0.1 right now, for a server started in another process."""
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port

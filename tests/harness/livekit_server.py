@@ -40,7 +40,7 @@ from aiohttp import web
 from livekit import api, rtc
 from livekit.protocol import models
 
-from livekit_metering.collector.testing import run_collector, sign
+from livekit_metering.collector.testing import free_port, run_collector, sign
 from livekit_metering.records import MeterRecord, Resource, Status, participant_usage_id
 
 T = TypeVar("T")
@@ -54,13 +54,6 @@ CHECKPOINT_INTERVAL = 1.0  # seconds, the agent's (LIVEKIT_METERING_CHECKPOINT_I
 # How long the server keeps a room open once its last participant left (its default is 20 s);
 # the agent then leaves with ROOM_CLOSED.
 DEPARTURE_TIMEOUT = 1
-
-
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def now_ms() -> int:
