@@ -434,7 +434,6 @@ class JobBudget:
         self.url = url
         self.api_key = api_key
         self.api_secret = api_secret
-        self.plan = plan
         self.loop = asyncio.get_running_loop()
         self.guard = BudgetGuard(
             book=book,
@@ -523,7 +522,7 @@ class JobBudget:
             self.url or "",
             customer=customer,
             session_id=self.guard.session_id,
-            plan=self.plan,
+            plan=self.guard.plan,
             api_key=self.api_key,
             api_secret=self.api_secret,
             refresh=REFRESH,

@@ -385,7 +385,6 @@ def invoices_download(
     project: _PROJECT = "default",
 ) -> None:
     """Save an invoice (or a customer's statement) as JSON exactly as issued, CSV or printable HTML."""
-    import sys
 
     from .invoice_download import download, open_invoices
 

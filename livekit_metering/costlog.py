@@ -7,7 +7,6 @@ log tools, with the full summary attached as ``extra={"livekit_metering": {...}}
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Iterable
@@ -145,17 +144,11 @@ def _exact_or_rounded(value: Decimal) -> Decimal:
     return value.normalize() if rounded == value else rounded
 
 
-@functools.lru_cache(maxsize=8)
-def _price_book(prices: str | None) -> Any:
-    # Loaded once per process and path: it is read-only data, shared safely between jobs.
-    from .pricing import PriceBook  # pricing is optional at import time: the log line works without it
-
-    return PriceBook.load(prices) if prices else PriceBook.bundled()
-
-
 def _price(records: list[MeterRecord], *, plan: str, prices: str | Path | None) -> dict[str, Any]:
     try:
-        book = _price_book(str(prices) if prices else None)
+        from .pricing import PriceBook  # pricing is optional at import time: the log line works without it
+
+        book = PriceBook.of(prices)
         report = book.cost(records, plan=plan)
     except Exception as exc:
         logger.warning("livekit-metering could not price the session (%s: %s)", type(exc).__name__, exc)

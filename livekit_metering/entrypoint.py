@@ -302,7 +302,7 @@ def _budget(
     budget = JobBudget(
         ctx,
         settings,
-        book=PriceBook.load(prices) if prices else PriceBook.bundled(),
+        book=PriceBook.of(prices),
         plan=options.resolved_plan(),
         session_id=meter.session_id,
         customer_of=customer_of,

@@ -54,7 +54,6 @@ class ExportCounts:
     def __init__(self) -> None:
         self.spans = 0
         self.log_records = 0
-        self.transcript_log_records = 0
 
 
 class _Exported:
@@ -121,9 +120,8 @@ class _Exported:
                 if counts is None:
                     continue
                 scope = getattr(getattr(item, "instrumentation_scope", None), "name", "")
-                if scope == _TRANSCRIPT_LOGGER and getattr(record, "body", None) == _TRANSCRIPT_BODY:
-                    counts.transcript_log_records += 1
-                else:
+                # the transcript's chat-item records count once, as transcript items (see the module doc)
+                if scope != _TRANSCRIPT_LOGGER or getattr(record, "body", None) != _TRANSCRIPT_BODY:
                     counts.log_records += 1
 
 

@@ -104,7 +104,7 @@ def _prices(value: Any) -> str:
     if not Path(path).is_file():
         raise ValueError(f"no price file at {path}: give the path of a price TOML (see `livekit-metering prices`)")
     try:
-        PriceBook.load(path)
+        PriceBook.of(path)  # loaded once: the job reads it again through the same cache
     except InvalidPriceBook as exc:
         raise ValueError(str(exc)) from None
     return path
@@ -284,7 +284,7 @@ class MeteringOptions:
         from .pricing import PriceBook, UnknownPlan
 
         prices = self.resolve("prices")
-        book = PriceBook.load(prices) if prices else PriceBook.bundled()
+        book = PriceBook.of(prices)
         plan = self.resolve("plan")
         try:
             book.plan(plan)

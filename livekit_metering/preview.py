@@ -384,7 +384,7 @@ def maybe_attach_preview(
             return None
         from .pricing import PriceBook
 
-        book = PriceBook.load(prices) if prices else PriceBook.bundled()
+        book = PriceBook.of(prices)
         return attach_preview(meter, book=book, plan=plan, console=console)
     except Exception:
         import logging

@@ -370,7 +370,7 @@ class StoreSource:
         self._check()
 
         async def go() -> Any:
-            from .collector.store.base import open_store
+            from .collector.store.base import open_store, redacted
 
             try:
                 store = open_store(self.database)
@@ -380,7 +380,7 @@ class StoreSource:
             try:
                 if not await store.count(self.project):
                     raise ReportError(
-                        f"the store {_redact(self.database)} has no records for project {self.project!r}: "
+                        f"the store {redacted(self.database)} has no records for project {self.project!r}: "
                         "check --project (the collector's project for LIVEKIT_API_KEY is 'default'; others "
                         "are named in its keys file)"
                     )
@@ -445,13 +445,6 @@ class StoreSource:
 
 def _starts_in(start: datetime, window: Window) -> bool:
     return (window.since is None or start >= window.since) and (window.until is None or start < window.until)
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
 
 
 # -- a running collector ------------------------------------------------------------------------------------

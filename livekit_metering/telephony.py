@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping
 from .records import Resource
 
 __all__ = [
-    "PHONE_NUMBERS_ENV",
     "TOLL_FREE_CODES",
     "call_direction",
     "is_toll_free",
@@ -35,7 +34,6 @@ __all__ = [
     "sip_resource",
 ]
 
-PHONE_NUMBERS_ENV = "LIVEKIT_METERING_PHONE_NUMBERS"
 TOLL_FREE_CODES = ("800", "833", "844", "855", "866", "877", "888")
 
 

@@ -77,15 +77,19 @@ class Collector:
         self.queries = Queries(store, pricer, config.limits)
         self.phones = PhoneBook(config.settings, self._credentials)
         self.webhooks = Webhooks(store, config.keys, rules=self._rules, limits=config.limits, clock=config.clock)
+
+        def plan_of(project: str) -> str:
+            return config.settings.project(project).plan
+
         self.billing = Billing(
             store,
             self.queries,
             pricer,
-            plan_of=lambda project: config.settings.project(project).plan,
+            plan_of=plan_of,
             grace=config.invoice_grace or timedelta(hours=24),
             write_rentals=self._write_rentals,
         )
-        self.outlook = Outlook(store, pricer, lambda project: config.settings.project(project).plan, config.clock)
+        self.outlook = Outlook(store, pricer, plan_of, config.clock)
 
     @property
     def projects(self) -> list[str]:

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector as PromCollector
 from ..records import rfc3339
 from .forecast import forecast_json
 from .pricing import PLANS, Pricer, aggregate_record
-from .queries import BadQuery
+from .queries import BadQuery, name_param
 from .quotas import Quota, month_quotas, quotas_json
 from .runrate import MonthUsage, load_month, window_of
 from .store.base import Store
@@ -102,10 +102,8 @@ class Outlook:
     async def spend(self, project: str, params: Mapping[str, str]) -> dict[str, Any]:
         """A customer's (or, without ``customer``, the project's) month-to-date at list prices;
         ``exclude_session``: without that session's records (the agent adds its own running total)."""
-        customer, session = params.get("customer") or "", params.get("exclude_session") or ""
-        for name, value in (("customer", customer), ("exclude_session", session)):
-            if len(value) > 256 or "\x00" in value:
-                raise BadQuery(f"{name} must be at most 256 characters, without NUL")
+        customer = name_param("customer", params.get("customer")) or ""
+        session = name_param("exclude_session", params.get("exclude_session")) or ""
         now = self.clock()
         plan = params.get("plan") or self.plan_of(project)
         if plan not in PLANS:

@@ -47,7 +47,7 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     return when
 
 
-def _name(name: str, value: str | None) -> str | None:
+def name_param(name: str, value: str | None) -> str | None:
     """A name to match (room, agent, customer, session id): as records hold them, at most 256
     characters and no NUL (which PostgreSQL text cannot hold)."""
     if not value:
@@ -83,9 +83,9 @@ class Queries:
         flt = SessionFilter(
             since=parse_time("since", params.get("since")),
             until=parse_time("until", params.get("until")),
-            room=_name("room", params.get("room")),
-            agent=_name("agent", params.get("agent")),
-            customer=_name("customer", params.get("customer")),
+            room=name_param("room", params.get("room")),
+            agent=name_param("agent", params.get("agent")),
+            customer=name_param("customer", params.get("customer")),
             limit=limit,
         )
         costing = Costing(self.pricer.book, self._plan(params))
@@ -117,7 +117,7 @@ class Queries:
         return {"sessions": out}
 
     async def session_records(self, project: str, session_id: str, plan: str = "ship") -> dict[str, Any]:
-        records = await self.store.session_records(project, [_name("session id", session_id) or ""])
+        records = await self.store.session_records(project, [name_param("session id", session_id) or ""])
         return {"records": [{**r.to_json(), "cost": money(self.pricer.price_of(r, plan))} for r in records]}
 
     async def usage(self, project: str, params: Mapping[str, str]) -> dict[str, Any]:

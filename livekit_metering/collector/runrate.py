@@ -13,7 +13,7 @@ days.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, localcontext
@@ -128,8 +128,3 @@ def month_usage(rows: Iterable[UsageRow], window: Window) -> MonthUsage:
         if since <= row.day <= last and window.elapsed_ms > 0:
             recent.append(row)
     return MonthUsage(window, month, recent)
-
-
-def base_sum(rows: Iterable[UsageRow], keep: Callable[[UsageRow], bool] = lambda row: True) -> Decimal:
-    """Billable base units of the rows ``keep`` says to count."""
-    return Decimal(sum(row.billable for row in rows if keep(row)))

@@ -22,14 +22,13 @@ _said_lock = threading.Lock()
 class FallbackExporter:
     """Exports to ``primary``; a batch it refuses (closed outbox, full disk, a broken sink) is appended
     to the JSON-lines file at ``path`` instead. The first such failure of a destination is logged with
-    its reason, once per process; ``fallen_back`` counts the records that went to the file."""
+    its reason, once per process."""
 
     def __init__(self, primary: Exporter, path: str | Path | None = None) -> None:
         from .config import default_records_file
 
         self.primary = primary
         self.path = Path(path) if path is not None else default_records_file()
-        self.fallen_back = 0
         self._file: FileExporter | None = None
 
     def export(self, batch: Sequence[MeterRecord]) -> None:
@@ -41,7 +40,6 @@ class FallbackExporter:
         if self._file is None:
             self._file = FileExporter(self.path)
         self._file.export(batch)  # if the file fails too, the caller logs it: nothing else is left
-        self.fallen_back += len(batch)
         key = repr(self.primary)
         with _said_lock:
             first = key not in _said

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
@@ -132,6 +133,12 @@ class PriceBook:
             raise InvalidPriceBook(f"{path}: cannot read price file: {exc}") from None
         return cls.from_toml(text, str(path), base if base is not None else cls.bundled())
 
+    @classmethod
+    def of(cls, prices: str | os.PathLike[str] | None) -> PriceBook:
+        """The bundled book, or with the price file ``prices`` on top: loaded once per process and
+        path (read-only data, shared safely between jobs)."""
+        return _loaded(os.fspath(prices)) if prices else cls.bundled()
+
     # -- lookup --------------------------------------------------------------------------------
 
     def plan(self, plan: str) -> Plan:
@@ -247,3 +254,8 @@ class PriceBook:
 
 
 _BUNDLED: PriceBook | None = None
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded(path: str) -> PriceBook:
+    return PriceBook.load(path)

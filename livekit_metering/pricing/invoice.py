@@ -29,7 +29,9 @@ from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
+from ..hosting import NOT_BILLED_PROVIDER
 from ..records import UNIT_SIZE, MeterRecord, Resource, latest_forms
+from .book import billed_by_livekit
 from .cost import usage_label
 from .errors import InvalidMonth
 from .rows import INFERENCE_RESOURCES, PRICE_UNITS, PriceRow
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Invoice", "InvoiceLine", "build_invoice", "cents", "month_bounds"]
 
 CENT = Decimal("0.01")
-SELF_HOSTED = "self-hosted"  # the provider of platform usage on your own LiveKit server
 
 
 def cents(amount: Decimal) -> Decimal:
@@ -278,10 +279,6 @@ def _inference_lines(
 _UNPRICED_PER = {Resource.STT: "minute", Resource.TTS: "1M characters", Resource.REALTIME_SESSION: "minute"}
 
 
-def _via_livekit(record: MeterRecord) -> bool:
-    return record.provider.strip().lower() in ("", "livekit")
-
-
 def build_invoice(book: PriceBook, records: Iterable[MeterRecord], *, plan: str, month: str) -> Invoice:
     """Preview ``plan``'s invoice for ``month`` (``YYYY-MM``) from records whose ``start`` (UTC) is in it.
 
@@ -291,12 +288,14 @@ def build_invoice(book: PriceBook, records: Iterable[MeterRecord], *, plan: str,
     the_plan = book.plan(plan)
     start, end = month_bounds(month)
     counted = [r for r in latest_forms(records) if start <= r.start < end]
-    platform = [r for r in counted if r.resource not in INFERENCE_RESOURCES and r.provider != SELF_HOSTED]
+    platform = [r for r in counted if r.resource not in INFERENCE_RESOURCES and r.provider != NOT_BILLED_PROVIDER]
     inference = [r for r in counted if r.resource in INFERENCE_RESOURCES]
-    livekit = [r for r in inference if _via_livekit(r)]
-    direct = sorted({usage_label(r, book.row_of(r, the_plan.id)) for r in inference if not _via_livekit(r)})
+    livekit = [r for r in inference if billed_by_livekit(r)]
+    direct = sorted({usage_label(r, book.row_of(r, the_plan.id)) for r in inference if not billed_by_livekit(r)})
     # Platform usage on your own LiveKit server (``provider = "self-hosted"``): LiveKit bills none of it.
-    direct += sorted({f"{r.resource.value} via {SELF_HOSTED}" for r in counted if r.provider == SELF_HOSTED})
+    direct += sorted(
+        {f"{r.resource.value} via {NOT_BILLED_PROVIDER}" for r in counted if r.provider == NOT_BILLED_PROVIDER}
+    )
 
     fee = InvoiceLine(
         resource="plan_fee",

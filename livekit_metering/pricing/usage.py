@@ -63,10 +63,6 @@ class Cost:
     priced: Decimal = Decimal(0)
     unpriced: set[str] = field(default_factory=set)
 
-    def add(self, other: Cost) -> None:
-        self.priced += other.priced
-        self.unpriced |= other.unpriced
-
     def json_fields(self) -> dict[str, Any]:
         return {"cost": format(self.priced, "f"), "unpriced": sorted(self.unpriced)}
 
