@@ -250,6 +250,17 @@ async def test_months_are_invoiced_once_after_the_grace_period_and_never_change(
         assert status == 404  # another project's invoice does not exist for this key
 
 
+async def test_a_grace_period_of_zero_closes_the_month_as_it_ends(database: str, http: aiohttp.ClientSession) -> None:
+    clock = Clock(datetime(2026, 10, 31, 23, 59, tzinfo=UTC))
+    options = {"settings": SETTINGS, "clock": clock, "sweep_every": timedelta(milliseconds=50)}
+    async with run_collector(database, KEYS, invoice_grace=timedelta(0), **options) as url:
+        assert (await post(http, url, body_of(OCTOBER)))[0] == 200
+        await settle(http, url, 0)
+        clock.now = datetime(2026, 11, 1, 0, 0, 1, tzinfo=UTC)  # a second after October ends
+        [october] = (await settle(http, url, 1))["invoices"]
+        assert october["month"] == "2026-10"
+
+
 async def test_closing_a_month_from_two_collectors_at_once_issues_one_invoice(database: str) -> None:
     now = datetime(2026, 11, 2, 1, tzinfo=UTC)
     config = CollectorConfig(database=database, keys=KeyRing(KEYS), settings=SETTINGS, clock=lambda: now)

@@ -86,7 +86,7 @@ class Collector:
             self.queries,
             pricer,
             plan_of=plan_of,
-            grace=config.invoice_grace or timedelta(hours=24),
+            grace=timedelta(hours=24) if config.invoice_grace is None else config.invoice_grace,
             write_rentals=self._write_rentals,
         )
         self.outlook = Outlook(store, pricer, plan_of, config.clock)
